@@ -1,0 +1,215 @@
+"""The straight-through estimators: one registry, name -> STE class.
+
+Every STE replaces the a.e.-zero derivative of the quantized ReLU σ_α (PAPER.md §5) by the derivative μ′ of a
+surrogate μ. Inputs are the pre-activation ``x``, the resolution ``alpha`` (a tensor, maybe learnable) and the number
+of non-zero levels ``levels`` = L = 2^b − 1; the clip point is c = L·α. The paper's three (§1, §5) are
+``identity``, ``relu`` and ``clipped_relu``; the others go beyond it.
+
+An STE instance holds its hyper-parameters (validated on construction); ``STES[name](**kwargs)`` builds one.
+``backward(grad, x, alpha, levels)`` is what autograd calls; by default it is ``grad * dmu(x)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+STES: dict[str, type[STE]] = {}
+
+
+def register(cls: type[STE]) -> type[STE]:
+    """Add an STE class to the registry under its ``name``."""
+    STES[cls.name] = cls
+    return cls
+
+
+def get_ste(ste: str | STE, **kwargs) -> STE:
+    """Return an STE instance from a registry name (with hyper-parameters) or pass an instance through."""
+    if isinstance(ste, STE):
+        return ste
+    if ste not in STES:
+        raise ValueError(f"unknown ste {ste!r}; valid names: {', '.join(sorted(STES))}")
+    return STES[ste](**kwargs)
+
+
+def ste_defaults(name: str) -> dict:
+    """The hyper-parameters of a registry STE with their default values (what conf/ste/<name>.yaml must hold)."""
+    params = inspect.signature(STES[name].__init__).parameters.values()
+    return {p.name: p.default for p in params if p.name != "self"}
+
+
+def clip_point(alpha: torch.Tensor, levels: int) -> torch.Tensor:
+    """c = (2^b − 1)·α, where the staircase reaches its top level."""
+    return alpha * levels
+
+
+def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:
+    """σ_α(x): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (PAPER.md §5, the ceil form of the author code)."""
+    return torch.clamp(torch.ceil(x / alpha), 0, levels) * alpha
+
+
+class STE:
+    """Base class: backward is ``grad · μ′(x)``. ``x_only`` says μ′ depends on x alone (not on the gradient)."""
+
+    name = ""
+    x_only = True
+
+    def mu(self, x, alpha, levels):
+        """The surrogate μ whose autograd derivative is μ′ (the oracle of the detach form)."""
+        raise NotImplementedError(f"{self.name} has no surrogate μ")
+
+    def dmu(self, x, alpha, levels):
+        """μ′(x)."""
+        raise NotImplementedError
+
+    def backward(self, grad, x, alpha, levels):
+        """Gradient to x given the gradient at the quantizer's output."""
+        return grad * self.dmu(x, alpha, levels)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)}" for k in ste_defaults(self.name))
+        return f"{self.name}({args})"
+
+
+@register
+class Identity(STE):
+    """μ(x) = x, μ′(x) = 1. Hinton 2012 (lecture 9c); Bengio et al. 2013. The paper's identity STE, eq. (14)."""
+
+    name = "identity"
+
+    def mu(self, x, alpha, levels):
+        return x
+
+    def dmu(self, x, alpha, levels):
+        return torch.ones_like(x)
+
+    def backward(self, grad, x, alpha, levels):
+        return grad  # μ′ ≡ 1: skip the multiply
+
+
+@register
+class ReLU(STE):
+    """μ(x) = max(x, 0), μ′(x) = 1{x>0}. HWGQ (Cai et al. 2017); the paper's vanilla ReLU STE, eq. (11)."""
+
+    name = "relu"
+
+    def mu(self, x, alpha, levels):
+        return x.clamp_min(0)
+
+    def dmu(self, x, alpha, levels):
+        return (x > 0).to(x.dtype)
+
+    def backward(self, grad, x, alpha, levels):
+        return torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own fused backward: grad·1{x>0}
+
+
+@register
+class ClippedReLU(STE):
+    """μ(x) = min(max(x, 0), c), μ′(x) = 1{0<x≤c}. HWGQ; the paper's best STE, eq. (26) for b=1, α=1."""
+
+    name = "clipped_relu"
+
+    def mu(self, x, alpha, levels):
+        return torch.minimum(x.clamp_min(0), clip_point(alpha, levels))
+
+    def dmu(self, x, alpha, levels):
+        return ((x > 0) & (x <= clip_point(alpha, levels))).to(x.dtype)
+
+    def backward(self, grad, x, alpha, levels):
+        return torch.where((x > 0) & (x <= clip_point(alpha, levels)), grad, 0.0)
+
+
+@register
+class LogTailedReLU(STE):
+    """μ(x) = clipped ReLU on x ≤ c, c + log(x − c + 1) above; μ′(x) = 1{0<x≤c} + 1{x>c}/(x−c+1). HWGQ 2017."""
+
+    name = "log_tailed_relu"
+
+    def mu(self, x, alpha, levels):
+        c = clip_point(alpha, levels)
+        return torch.where(x > c, c + torch.log1p((x - c).clamp_min(0)), x.clamp_min(0))
+
+    def dmu(self, x, alpha, levels):
+        c = clip_point(alpha, levels)
+        tail = 1 / ((x - c).clamp_min(0) + 1)
+        return torch.where(x > c, tail, (x > 0).to(x.dtype))
+
+
+@register
+class LeakyClippedReLU(STE):
+    """μ′(x) = 1{0<x≤c} + ε·1{x≤0 or x>c}, ε ∈ [0, 1]: a dial from clipped ReLU (ε=0) to identity (ε=1). Ours."""
+
+    name = "leaky_clipped_relu"
+
+    def __init__(self, eps: float = 0.1):
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"leaky_clipped_relu: eps must lie in [0, 1], got {eps}")
+        self.eps = eps
+
+    def mu(self, x, alpha, levels):
+        c = clip_point(alpha, levels)
+        inside = torch.minimum(x.clamp_min(0), c)
+        return inside + self.eps * (x - inside)  # the leak: slope ε outside (0, c]
+
+    def dmu(self, x, alpha, levels):
+        inside = (x > 0) & (x <= clip_point(alpha, levels))
+        return torch.where(inside, 1.0, self.eps).to(x.dtype)
+
+
+@register
+class SoftStaircase(STE):
+    """μ(x) = α·Σ_{k=0}^{L−1} sigmoid(β(x−kα)/α): a smooth staircase (Bengio et al. 2013; slope annealing).
+
+    μ′(x) = β·Σ_k s_k(1 − s_k) with s_k = sigmoid(β(x − kα)/α); β → ∞ recovers σ_α itself.
+    """
+
+    name = "soft_staircase"
+    reach = 40.0  # terms with |β(x−kα)/α| > reach weigh < e^-40: skipped, so 16 bits need no 65535-term sum
+
+    def __init__(self, beta: float = 4.0):
+        if not beta > 0:
+            raise ValueError(f"soft_staircase: beta must be > 0, got {beta}")
+        self.beta = beta
+
+    def mu(self, x, alpha, levels):
+        u = x / alpha  # x in units of α
+        return alpha * sum(torch.sigmoid(self.beta * (u - k)) for k in range(levels))
+
+    def dmu(self, x, alpha, levels):
+        u = x / alpha
+        width = math.ceil(self.reach / self.beta)
+        if levels <= 2 * width + 1:  # few levels: every term
+            base, offsets = 0, range(levels)
+        else:  # only the k within reach of each x, masked to 0 ≤ k < L below
+            base, offsets = u.floor().clamp(0, levels - 1), range(-width, width + 1)
+        total = torch.zeros_like(x)
+        for j in offsets:
+            k = base + j
+            s = torch.sigmoid(self.beta * (u - k))
+            term = s * (1 - s)
+            total = total + (term if isinstance(k, int) else torch.where((k >= 0) & (k < levels), term, 0.0))
+        return self.beta * total
+
+
+@register
+class EWGS(STE):
+    """Element-wise gradient scaling (Lee, Kim, Ham, CVPR 2021), on the clipped ReLU's support:
+
+    ∂/∂x = grad·(1 + δ·sign(grad)·(x − σ_α(x))/α) on 0 < x ≤ c, 0 elsewhere. μ′ depends on the gradient, so
+    there is no surrogate μ.
+    """
+
+    name = "ewgs"
+    x_only = False
+
+    def __init__(self, delta: float = 0.01):
+        if not delta >= 0:
+            raise ValueError(f"ewgs: delta must be >= 0, got {delta}")
+        self.delta = delta
+
+    def backward(self, grad, x, alpha, levels):
+        inside = (x > 0) & (x <= clip_point(alpha, levels))
+        scale = 1 + self.delta * torch.sign(grad) * (x - staircase(x, alpha, levels)) / alpha
+        return torch.where(inside, grad * scale, 0.0)
