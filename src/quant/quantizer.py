@@ -87,8 +87,14 @@ class QuantReLU(nn.Module):
     alpha_mode "fixed" keeps α in a buffer (the paper); "pact" and "lsq" learn it as a parameter, kept > 0.
     """
 
-    def __init__(self, bits: int | None = 2, alpha=1.0, ste: str | STE = "clipped_relu",
-                 alpha_mode: str = "fixed", **ste_kwargs):
+    def __init__(
+        self,
+        bits: int | None = 2,
+        alpha=1.0,
+        ste: str | STE = "clipped_relu",
+        alpha_mode: str = "fixed",
+        **ste_kwargs,
+    ):
         super().__init__()
         self.bits, self.alpha_mode = bits, alpha_mode
         if bits is None:
@@ -115,7 +121,7 @@ class QuantReLU(nn.Module):
     def extra_repr(self):
         if self.bits is None:
             return "bits=None (float ReLU)"
-        return f"bits={self.bits}, alpha={float(self.alpha):.4g}, ste={self.ste}, alpha_mode={self.alpha_mode}"
+        return f"bits={self.bits}, alpha={float(self.alpha.detach()):.4g}, ste={self.ste}, alpha_mode={self.alpha_mode}"
 
 
 def _lloyd_step(alpha: float, k: torch.Tensor) -> float:
@@ -130,7 +136,7 @@ def _lloyd_step(alpha: float, k: torch.Tensor) -> float:
     return float(e_xq / e_qq)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lloyd_alpha(bits: int, tol: float = 1e-9, max_iter: int = 200) -> float:
     """Resolution α for unit-Gaussian pre-activations (BN without affine): the Lloyd-type iteration of Yin et al.
     2018a on the MSE of the round-to-nearest quantizer with levels 0, α, …, (2^b−1)α on half-normal data.

@@ -25,13 +25,16 @@ def register(cls: type[STE]) -> type[STE]:
     return cls
 
 
-def get_ste(ste: str | STE, **kwargs) -> STE:
+def get_ste(name: str | STE, **kwargs) -> STE:
     """Return an STE instance from a registry name (with hyper-parameters) or pass an instance through."""
-    if isinstance(ste, STE):
-        return ste
-    if ste not in STES:
-        raise ValueError(f"unknown ste {ste!r}; valid names: {', '.join(sorted(STES))}")
-    return STES[ste](**kwargs)
+    if isinstance(name, STE):
+        return name
+    if name not in STES:
+        raise ValueError(f"unknown ste {name!r}; valid names: {', '.join(sorted(STES))}")
+    try:
+        return STES[name](**kwargs)
+    except TypeError as err:  # an argument this STE does not take
+        raise ValueError(f"ste {name}: {err}; it takes {ste_defaults(name) or 'no arguments'}") from None
 
 
 def ste_defaults(name: str) -> dict:
@@ -47,7 +50,7 @@ def clip_point(alpha: torch.Tensor, levels: int) -> torch.Tensor:
 
 def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:
     """σ_α(x): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (PAPER.md §5, the ceil form of the author code)."""
-    return torch.clamp(torch.ceil(x / alpha), 0, levels) * alpha
+    return (x / alpha).ceil_().clamp_(0, levels).mul_(alpha)  # in place on the fresh quotient: one allocation
 
 
 class STE:
@@ -55,6 +58,9 @@ class STE:
 
     name = ""
     x_only = True
+
+    def __init__(self):  # hyper-parameters, if any, are an STE's __init__ arguments with their defaults
+        pass
 
     def mu(self, x, alpha, levels):
         """The surrogate μ whose autograd derivative is μ′ (the oracle of the detach form)."""
@@ -118,7 +124,8 @@ class ClippedReLU(STE):
         return ((x > 0) & (x <= clip_point(alpha, levels))).to(x.dtype)
 
     def backward(self, grad, x, alpha, levels):
-        return torch.where((x > 0) & (x <= clip_point(alpha, levels)), grad, 0.0)
+        # 0 < x ≤ Lα ⇔ 1 ≤ ceil(x/α) ≤ L, the forward's own arithmetic: one fused mask kernel, α stays a tensor
+        return torch.ops.aten.hardtanh_backward(grad, torch.ceil(x / alpha), 0.5, levels + 0.5)
 
 
 @register
@@ -155,7 +162,7 @@ class LeakyClippedReLU(STE):
 
     def dmu(self, x, alpha, levels):
         inside = (x > 0) & (x <= clip_point(alpha, levels))
-        return torch.where(inside, 1.0, self.eps).to(x.dtype)
+        return torch.where(inside, 1.0, torch.full_like(x, self.eps))
 
 
 @register
