@@ -1,0 +1,225 @@
+"""MNIST and CIFAR-10 datamodules: each split held whole as uint8 tensors, batches made by tensor ops."""
+
+import math
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+import pytorch_lightning as pl
+import torch
+
+from src.data.batches import (
+    TRAIN,
+    Batches,
+    check_positive,
+    generator,
+    normalise,
+    random_crop_flip,
+    shard_indices,
+    trainer_epoch,
+)
+from src.data.files import (
+    CIFAR10_FILES,
+    MNIST_FILES,
+    DatasetFiles,
+    ensure_present,
+    load_split,
+    verify_checksums,
+)
+
+Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N,C,H,W), labels int64 (N,)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """An image dataset in memory; train = shuffled (and augmented) batches, val = the official test split."""
+
+    files: ClassVar[DatasetFiles]
+    num_classes: ClassVar[int] = 10
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int,
+        val_batch_size: int,
+        download: bool,
+        verify_checksums: bool,
+        on_device: bool,
+        augment: bool,
+        train_subset: int | None,
+        val_subset: int | None,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_padding: int,
+        hflip: bool,
+    ):
+        super().__init__()
+        check_positive(
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            train_subset=train_subset,
+            val_subset=val_subset,
+        )
+        channels = self.files.shape[0]
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(
+                f"data.mean and data.std need {channels} values each (std > 0), got {mean}, {std}"
+            )
+        if crop_padding < 0:
+            raise ValueError(f"data.crop_padding must be >= 0 pixels, got {crop_padding}")
+        self.root, self.batch_size, self.val_batch_size = root, batch_size, val_batch_size
+        self.download, self.verify_checksums, self.on_device = download, verify_checksums, on_device
+        self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
+        self.train_subset, self.val_subset, self.seed = train_subset, val_subset, seed
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_data: Split | None = None
+        self.val_data: Split | None = None
+
+    def prepare_data(self) -> None:
+        """Download with torchvision when files are missing and `download` is on (Lightning: one process)."""
+        ensure_present(self.files, self.root, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Verify checksums, then load both splits (first `*_subset` examples) onto the chosen device."""
+        if self.train_data is not None:
+            return
+        if self.verify_checksums:
+            verify_checksums(self.files, self.root)
+        device = torch.device("cpu")
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device  # batches are then made on the accelerator
+        self.train_data = self._load("train", self.train_subset, "train_subset", device)
+        self.val_data = self._load("test", self.val_subset, "val_subset", device)
+        shape = (1, -1, 1, 1)  # (1,C,1,1) broadcasts over (B,C,H,W)
+        self._mean = torch.tensor(self.mean, device=device).view(shape)
+        self._std = torch.tensor(self.std, device=device).view(shape)
+
+    def _load(self, split: str, subset: int | None, name: str, device: torch.device) -> Split:
+        """One split, cut to its first `subset` examples, on `device`."""
+        x, y = load_split(self.files, self.root, split)
+        if subset is not None and subset > len(y):
+            where = self.files.directory(self.root)
+            raise ValueError(f"data.{name}={subset} exceeds the {len(y)} {split} examples in {where}")
+        return x[:subset].to(device), y[:subset].to(device)
+
+    def _loaded(self) -> tuple[Split, Split]:
+        if self.train_data is None or self.val_data is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: call prepare_data() and setup() before the dataloaders"
+            )
+        return self.train_data, self.val_data
+
+    def train_dataloader(self) -> Batches:
+        """Shuffled batches, reordered each epoch from (seed, epoch); this rank's shard under DDP."""
+        (_, y), _ = self._loaded()
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        )
+        length = math.ceil(math.ceil(len(y) / world) / self.batch_size)
+        make = partial(self._train_epoch, rank=rank, world=world)
+        return Batches(make, length, partial(trainer_epoch, self))
+
+    def _train_epoch(self, epoch: int, rank: int, world: int) -> Iterator[Split]:
+        (x, y), _ = self._loaded()
+        gen = generator(self.seed, TRAIN, epoch)  # one stream per epoch: the order, then the augmentation
+        order = shard_indices(torch.randperm(len(y), generator=gen), rank, world)  # (ceil(N/world),)
+        for idx in order.split(self.batch_size):
+            idx = idx.to(x.device)
+            images = x[idx]  # (B,C,H,W) uint8
+            if self.augment:
+                images = random_crop_flip(images, self.crop_padding, self.hflip, gen)
+            yield normalise(images, self._mean, self._std), y[idx]
+
+    def val_dataloader(self) -> Batches:
+        """The official test split in file order, normalised, never augmented."""
+        _, (x, y) = self._loaded()
+        size = self.val_batch_size
+
+        def one_pass(_epoch: int) -> Iterator[Split]:
+            for images, labels in zip(x.split(size), y.split(size), strict=True):
+                yield normalise(images, self._mean, self._std), labels
+
+        return Batches(one_pass, math.ceil(len(y) / size), lambda: 0)
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST for LeNet-5: 60,000 train / 10,000 test grey 28x28 digits, read from the four IDX .gz files."""
+
+    files = MNIST_FILES
+    in_channels, image_size = MNIST_FILES.shape[0], MNIST_FILES.shape[-1]
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        batch_size: int = 64,
+        val_batch_size: int = 1000,
+        download: bool = True,
+        verify_checksums: bool = True,
+        on_device: bool = False,
+        augment: bool = False,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        seed: int = 0,
+        mean: Sequence[float] = (0.1307,),
+        std: Sequence[float] = (0.3081,),
+        crop_padding: int = 2,
+        hflip: bool = False,
+    ):
+        super().__init__(
+            root,
+            batch_size,
+            val_batch_size,
+            download,
+            verify_checksums,
+            on_device,
+            augment,
+            train_subset,
+            val_subset,
+            seed,
+            mean,
+            std,
+            crop_padding,
+            hflip,
+        )
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10 for VGG-11 / ResNet-20: 50,000 train / 10,000 test RGB 32x32 images, python pickle batches."""
+
+    files = CIFAR10_FILES
+    in_channels, image_size = CIFAR10_FILES.shape[0], CIFAR10_FILES.shape[-1]
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        batch_size: int = 128,
+        val_batch_size: int = 1000,
+        download: bool = True,
+        verify_checksums: bool = True,
+        on_device: bool = False,
+        augment: bool = True,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        seed: int = 0,
+        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+        std: Sequence[float] = (0.2023, 0.1994, 0.2010),
+        crop_padding: int = 4,
+        hflip: bool = True,
+    ):
+        super().__init__(
+            root,
+            batch_size,
+            val_batch_size,
+            download,
+            verify_checksums,
+            on_device,
+            augment,
+            train_subset,
+            val_subset,
+            seed,
+            mean,
+            std,
+            crop_padding,
+            hflip,
+        )
