@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import hashlib
+import inspect
 import itertools
 import pickle
 import shutil
@@ -15,12 +16,14 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import hydra
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from omegaconf import OmegaConf
 
 from src.data import CIFAR10DataModule, GaussianDataModule, MNISTDataModule
 from src.data.batches import crop_flip, shard_indices
@@ -537,3 +540,24 @@ def test_cifar_jpeg_rebuild_needs_the_opt_out(cifar_rebuild):
     print(f"one augmented CIFAR-10 epoch on CPU ({batches} batches): {time.perf_counter() - start:.2f} s")
     pixels = torch.cat([batch for batch, _ in dm.val_dataloader()])
     assert pixels.mean((0, 2, 3)).abs().max() < 0.05 and (pixels.std((0, 2, 3)) - 1).abs().max() < 0.05
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "gaussian"])
+def test_config_lists_every_argument_with_the_class_defaults(name, tmp_path):
+    cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    cls = hydra.utils.get_class(cfg._target_)
+    parameters = inspect.signature(cls.__init__).parameters
+    assert set(cfg) - {"_target_"} == set(parameters) - {"self"}
+    interpolated = {"root": "${paths.data_dir}", "seed": "${seed}"}  # defined by the root config
+    for key, value in OmegaConf.to_container(cfg).items():  # unresolved: interpolations stay text
+        if key in interpolated:
+            assert value == interpolated[key]
+        elif key != "_target_":
+            default = parameters[key].default
+            assert (list(default) if isinstance(default, tuple) else default) == value, key
+    root = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "seed": 7, "data": cfg})
+    dm = hydra.utils.instantiate(root.data)
+    assert isinstance(dm, cls) and dm.seed == 7 and getattr(dm, "root", str(tmp_path)) == str(tmp_path)
