@@ -1,0 +1,40 @@
+"""CLI: ``python -m src.theory certify [--out FILE]`` prints the descent certificate of every registry STE;
+``python -m src.theory figures [--out DIR]`` writes the figures (default outputs/theory)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m src.theory", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cert = sub.add_parser("certify", help="markdown table: descent certificate of every registry STE")
+    cert.add_argument("--out", type=Path, help="also write the table to this file")
+    cert.add_argument("--m", type=int, default=10, help="patches (length of v)")
+    cert.add_argument("--n", type=int, default=20, help="input dimension (length of w)")
+    cert.add_argument("--seed", type=int, default=0, help="teacher and sample points")
+    cert.add_argument("--points", type=int, default=256, help="random points per set")
+    figs = sub.add_parser("figures", help="Figure 1 and Algorithm 1's trajectories as PNG files")
+    figs.add_argument("--out", type=Path, default=Path("outputs/theory"), help="output folder")
+    args = parser.parse_args(argv)
+    if args.command == "certify":
+        from src.theory.certificate import certificate_table
+
+        table = certificate_table(args.m, args.n, args.seed, args.points)
+        print(table)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(table + "\n")
+    else:
+        from src.theory.figures import write_figures
+
+        for path in write_figures(args.out):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
