@@ -336,6 +336,9 @@ def test_missing_dataset_without_download_names_the_directory(cls, tmp_path, no_
     assert f"in {where};" in message and "data.download=true" in message and "copy the" in message
     assert ("data.verify_checksums=false" in message) == (cls is CIFAR10DataModule)
     assert not no_network and not (tmp_path / "empty").exists()  # nothing tried, nothing written
+    with pytest.raises(FileNotFoundError) as setup_error:  # setup() without prepare_data(): the same line
+        cls(root=tmp_path / "empty").setup()
+    assert one_line_error(setup_error) == message
 
 
 @BOTH
@@ -344,7 +347,7 @@ def test_missing_file_is_named(cls, tmp_path):
     name = cls.files.splits["test"][-1]
     (folder / name).unlink()
     with pytest.raises(FileNotFoundError, match=f"missing {name} in {folder}"):
-        cls(root=tmp_path, download=False, verify_checksums=False).setup()
+        cls(root=tmp_path, download=False).setup()
 
 
 @BOTH
@@ -471,6 +474,15 @@ def test_gaussian_batches_are_fresh_and_reproducible():
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02  # N(0,1) entries
 
 
+def test_gaussian_ddp_ranks_draw_interleaved_streams():
+    single = [z for z, _ in GaussianDataModule(batches_per_epoch=4).train_dataloader()]
+    for rank in range(2):
+        dm = GaussianDataModule(batches_per_epoch=2)
+        dm.trainer = SimpleNamespace(current_epoch=0, global_rank=rank, world_size=2)
+        ours = [z for z, _ in dm.train_dataloader()]
+        assert torch.equal(ours[0], single[rank]) and torch.equal(ours[1], single[2 + rank])
+
+
 def test_gaussian_validation_sample_is_fixed_and_separate():
     dm = GaussianDataModule(val_samples=1000, val_batch_size=300, seed=5)
     batches = list(dm.val_dataloader())
@@ -512,16 +524,15 @@ def test_genuine_mnist_passes_the_checksums(shared_data, tmp_path):
     assert abs(float(pixels.mean())) < 0.03 and abs(float(pixels.std()) - 1) < 0.03  # the published constants
 
 
-@pytest.fixture(scope="module")
-def cifar_rebuild(request) -> Path:
+@pytest.fixture
+def cifar_rebuild(shared_data) -> Path:
     """The CIFAR-10 JPEG rebuild, converted once into the project's data dir (git-ignored) and reused."""
-    shared = request.getfixturevalue("shared_data")
     root = REPO / "data" / "cifar10-jpeg-rebuild"
     if not all((root / "cifar-10-batches-py" / name).is_file() for name in CIFAR10DataModule.files.md5):
         staging = root.with_name(root.name + ".partial")  # a killed conversion leaves no half-made cache
         shutil.rmtree(staging, ignore_errors=True)
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(shared / "cifar10_from_jpeg.py"), str(staging)], check=True)
+        subprocess.run([sys.executable, str(shared_data / "cifar10_from_jpeg.py"), str(staging)], check=True)
         print(f"CIFAR-10 JPEG rebuild converted in {time.perf_counter() - start:.1f} s")
         staging.rename(root)
     return root
@@ -538,8 +549,14 @@ def test_cifar_jpeg_rebuild_needs_the_opt_out(cifar_rebuild):
     start = time.perf_counter()
     batches = sum(1 for _ in dm.train_dataloader())
     print(f"one augmented CIFAR-10 epoch on CPU ({batches} batches): {time.perf_counter() - start:.2f} s")
-    pixels = torch.cat([batch for batch, _ in dm.val_dataloader()])
-    assert pixels.mean((0, 2, 3)).abs().max() < 0.05 and (pixels.std((0, 2, 3)) - 1).abs().max() < 0.05
+    pixels = x[::5].float().div(255)  # (N/5,3,32,32) in [0,1]: every 5th image keeps memory small
+    mean, std = torch.tensor(dm.mean), torch.tensor(dm.std)
+    assert (pixels.mean((0, 2, 3)) - mean).abs().max() < 0.01
+    # The usual std constants (PAPER.md §5) are means of per-image stds; the pixel std is ~0.247, 0.243, 0.261,
+    # so normalised CIFAR batches have std ~1.2, not 1. This pins the pixels, not the convention.
+    assert (pixels.std((0, 2, 3)) - torch.tensor([0.247, 0.243, 0.261])).abs().max() < 0.01 and (
+        std < 0.21
+    ).all()
 
 
 # --- configs ----------------------------------------------------------------------------------------------

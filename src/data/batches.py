@@ -70,6 +70,12 @@ def trainer_epoch(module) -> int | None:
     return None if trainer is None else trainer.current_epoch
 
 
+def trainer_rank(module) -> tuple[int, int]:
+    """(global rank, world size) of the attached trainer; (0, 1) without one."""
+    trainer = getattr(module, "trainer", None)
+    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+
 class Batches:
     """A sized, re-iterable loader: each pass iterates `make(epoch)`; Lightning accepts any such iterable."""
 

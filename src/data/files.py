@@ -169,7 +169,7 @@ def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> Non
         ) from None
 
 
-def verify_checksums(files: DatasetFiles, root: str | Path) -> None:
+def verify_md5(files: DatasetFiles, root: str | Path) -> None:
     """Check every file against torchvision's published MD5; a mismatch names the file and the opt-out."""
     for name, expected in files.md5.items():
         path = files.directory(root) / name
@@ -182,6 +182,5 @@ def verify_checksums(files: DatasetFiles, root: str | Path) -> None:
 
 
 def load_split(files: DatasetFiles, root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as uint8 images (N,C,H,W) and int64 labels (N,), after a presence check (no download)."""
-    ensure_present(files, root, download=False)
+    """One split as uint8 images (N,C,H,W) and int64 labels (N,); `ensure_present` has checked the files."""
     return files.read(files, [files.directory(root) / name for name in files.splits[split]])

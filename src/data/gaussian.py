@@ -7,7 +7,16 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 
-from src.data.batches import TEACHER, TRAIN, VAL, Batches, check_positive, generator, trainer_epoch
+from src.data.batches import (
+    TEACHER,
+    TRAIN,
+    VAL,
+    Batches,
+    check_positive,
+    generator,
+    trainer_epoch,
+    trainer_rank,
+)
 
 Sample = tuple[torch.Tensor, torch.Tensor]  # Z float32 (B,m,n), y float32 (B,)
 
@@ -60,12 +69,15 @@ class GaussianDataModule(pl.LightningDataModule):
             self.val_data = self.sample(self.val_samples, generator(self.seed, VAL))
 
     def train_dataloader(self) -> Batches:
-        """`batches_per_epoch` fresh batches, each fixed by (seed, epoch, batch)."""
-        return Batches(self._train_epoch, self.batches_per_epoch, partial(trainer_epoch, self))
+        """`batches_per_epoch` fresh batches, each fixed by (seed, epoch, batch); each DDP rank its own."""
+        rank, world = trainer_rank(self)
+        make = partial(self._train_epoch, rank=rank, world=world)
+        return Batches(make, self.batches_per_epoch, partial(trainer_epoch, self))
 
-    def _train_epoch(self, epoch: int) -> Iterator[Sample]:
+    def _train_epoch(self, epoch: int, rank: int, world: int) -> Iterator[Sample]:
         for batch in range(self.batches_per_epoch):
-            yield self.sample(self.batch_size, generator(self.seed, TRAIN, epoch, batch))
+            # interleaved stream index: one process draws streams 0,1,2,...; rank r of w draws r, r+w, ...
+            yield self.sample(self.batch_size, generator(self.seed, TRAIN, epoch, batch * world + rank))
 
     def val_dataloader(self) -> Batches:
         """The fixed validation sample in batches of `val_batch_size`."""

@@ -18,6 +18,7 @@ from src.data.batches import (
     random_crop_flip,
     shard_indices,
     trainer_epoch,
+    trainer_rank,
 )
 from src.data.files import (
     CIFAR10_FILES,
@@ -25,7 +26,7 @@ from src.data.files import (
     DatasetFiles,
     ensure_present,
     load_split,
-    verify_checksums,
+    verify_md5,
 )
 
 Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N,C,H,W), labels int64 (N,)
@@ -84,8 +85,9 @@ class ImageDataModule(pl.LightningDataModule):
         """Verify checksums, then load both splits (first `*_subset` examples) onto the chosen device."""
         if self.train_data is not None:
             return
+        ensure_present(self.files, self.root, download=False)  # also when prepare_data() was skipped
         if self.verify_checksums:
-            verify_checksums(self.files, self.root)
+            verify_md5(self.files, self.root)
         device = torch.device("cpu")
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # batches are then made on the accelerator
@@ -113,9 +115,7 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> Batches:
         """Shuffled batches, reordered each epoch from (seed, epoch); this rank's shard under DDP."""
         (_, y), _ = self._loaded()
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        )
+        rank, world = trainer_rank(self)
         length = math.ceil(math.ceil(len(y) / world) / self.batch_size)
         make = partial(self._train_epoch, rank=rank, world=world)
         return Batches(make, length, partial(trainer_epoch, self))
