@@ -128,8 +128,12 @@ def certificate_table(m: int = 10, n: int = 20, seed: int = 0, n_points: int = 2
     for name in STES:
         c = descent_certificate(name, v_star, w_star, n_points, seed)
         grad = f"{c['spurious_grad']:.3e}" + (f" ± {c['spurious_se']:.1e}" if c["method"] == "MC" else "")
-        keys = ("descent_fraction", "min_cos", *(f"ratio@{d}" for d in NEARS))
-        cells = [f"{c[k]:.4g}" if not math.isnan(c[k]) else "—" for k in keys]
+        cells = [
+            f"{c['descent_fraction']:.3f}",
+            f"{c['min_cos']:.4f}",
+            *(f"{c[f'ratio@{d}']:.4g}" for d in NEARS),
+        ]
+        cells = [cell if cell != "nan" else "—" for cell in cells]
         method = "exact" if c["method"] == "exact" else f"MC, N={MC_SAMPLES}"
         rows.append(
             f"| {name} | {method} | {' | '.join(cells)} | {grad} | {'yes' if c['vanishes'] else 'no'} |"
