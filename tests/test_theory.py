@@ -27,8 +27,10 @@ from src.theory import (
     sampled_coarse_grad,
     spurious_minimizer,
     stationary_v,
+    theorem2_condition,
     theorem2_start,
     vector_at_angle,
+    xi,
 )
 from src.theory.__main__ import main
 from src.theory.moments import CLOSED_FORMS
@@ -38,6 +40,16 @@ F64 = torch.float64
 SQRT_2PI = math.sqrt(2 * math.pi)
 BATCHES, Z_SIGMA = 16, 6.0
 X_ONLY = [name for name, cls in STES.items() if cls.x_only]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: one torch thread. On a shared 2-core CPU, torch's idle-spinning worker threads made the
+    Monte Carlo tests up to 20x slower; restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def gen(seed):
@@ -157,7 +169,7 @@ def test_ewgs_has_no_exact_path_but_samples(small):
 
 def xi_numeric(x):
     """ξ(x) = ∫_0^x r² e^{−r²/2} dr by Gauss–Legendre (x up to ∞, cut at 40)."""
-    nodes, weights = np.polynomial.legendre.leggauss(200)
+    nodes, weights = np.polynomial.legendre.leggauss(100)
     top = np.minimum(x, 40.0)[..., None]
     r = top * (nodes + 1) / 2
     return (top / 2 * weights * r * r * np.exp(-r * r / 2)).sum(-1)
@@ -165,7 +177,7 @@ def xi_numeric(x):
 
 def p_q_paper(theta, w_norm):
     """p(θ,w), q(θ,w) by their defining φ-integrals (Lemma 7), numerically."""
-    nodes, weights = np.polynomial.legendre.leggauss(600)
+    nodes, weights = np.polynomial.legendre.leggauss(200)
     lo, hi = -math.pi / 2 + theta, math.pi / 2
     phi = lo + (hi - lo) * (nodes + 1) / 2
     vals = xi_numeric(1 / (np.cos(phi) * w_norm)) * (hi - lo) / 2 * weights / (2 * math.pi)
@@ -195,6 +207,12 @@ def test_expected_coarse_grad_is_the_papers_equation(small, name, theta):
     w = vector_at_angle(w_star, theta, torch.ones(4, dtype=F64), 1.7)
     exact = expected_coarse_grad(name, v, w, v_star, w_star)[1]
     torch.testing.assert_close(exact, paper_equation(name, v, w, v_star, w_star), rtol=0, atol=1e-10)
+
+
+def test_xi_closed_form_matches_its_integral():
+    for x in (0.0, 0.3, 1.0, 2.5, 9.0, math.inf):
+        assert xi(x) == pytest.approx(float(xi_numeric(np.array(x))), abs=1e-13)
+    assert xi(math.inf) == pytest.approx(math.sqrt(math.pi / 2))
 
 
 @pytest.mark.parametrize("w_norm", [0.2, 1.0, 1.7, 8.0])
@@ -320,6 +338,7 @@ def test_facts_of_lemmas_7_and_13():
 def test_algorithm1_descends_and_reaches_the_global_minimum(big, name):
     v_star, w_star = big
     v0, w0 = theorem2_start(v_star, w_star, gen(3))
+    assert theorem2_condition(v0, w0, v_star, w_star)
     run = coarse_gradient_descent(name, v0, w0, v_star, w_star, lr=0.1, steps=1000)
     assert (run.loss.diff() <= 1e-12).all()  # monotone up to roundoff (Theorem 1)
     assert run.loss[-1] < 1e-6 and run.theta[-1] < 1e-3  # Theorem 2
@@ -392,3 +411,5 @@ def test_undefined_points_raise(small):
         expected_coarse_grad("log_tailed_relu", v, w, v_star, w_star, method="closed")
     with pytest.raises(ValueError, match="Prop. 1"):
         spurious_minimizer(torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match="parallel"):
+        vector_at_angle(w_star, 1.0, -3 * w_star)

@@ -113,6 +113,8 @@ def vector_at_angle(w_star, theta: float, ref, norm: float = 1.0) -> torch.Tenso
     ws, ref = as_np(w_star), as_np(ref)
     ws = ws / math.sqrt(ws @ ws)
     e = ref - (ref @ ws) * ws
+    if math.sqrt(e @ e) <= SIN_EPS * math.sqrt(ref @ ref):
+        raise ValueError("vector_at_angle: ref is parallel to w*, so it spans no plane with it")
     e = e / math.sqrt(e @ e)
     return as_torch(norm * (math.cos(theta) * ws + math.sin(theta) * e))
 

@@ -36,11 +36,10 @@ def p_q(theta: float, w_norm: float) -> tuple[float, float]:
     s ~ N(0,1). φ(s)φ(s cot θ) = e^{−s²/(2 sin²θ)}/(2π) makes q a Gaussian integral, and p follows by parts.
     """
     k, sin, cos = w_norm, math.sin(theta), math.cos(theta)
-    erf = math.erf(1 / (math.sqrt(2) * k * sin)) if sin > 0 else 1.0
+    erf = math.erf(1 / (math.sqrt(2) * k * sin)) if sin > 0 else 1.0  # sin θ → 0: the window 1/(k sin θ) → ∞
     cot_k = cos / (k * sin) if sin > 0 else math.copysign(math.inf, cos)
-    tail = (
-        math.exp(-1 / (2 * k * k)) / SQRT_2PI * (1 + math.erf(cot_k / math.sqrt(2))) / 2
-    )  # φ(1/k)Φ(cot θ/k)
+    phi_k = math.exp(-1 / (2 * k * k)) / SQRT_2PI  # φ(1/‖w‖)
+    tail = phi_k * (1 + math.erf(cot_k / math.sqrt(2))) / 2  # φ(1/‖w‖)·Φ(cot θ/‖w‖), from the parts
     return (1 + cos * erf) / (2 * SQRT_2PI) - tail, sin * erf / (2 * SQRT_2PI)
 
 
@@ -56,7 +55,8 @@ def relu_moments(w_norm: float, theta: float) -> Moments:
 
 
 def clipped_relu_moments(w_norm: float, theta: float) -> Moments:
-    """μ′ = 1{0<x<1} (Lemma 12): a = b = p(0,w)ŵ, c = p(θ,w)ŵ + q(θ,w)u — eq. (26) after cot/csc(θ/2) cancel."""
+    """μ′ = 1{0<x≤1} (Lemma 12; clip point c = α·L = 1): a = b = p(0,w)ŵ, c = p(θ,w)ŵ + q(θ,w)u — eq. (26),
+    whose cot(θ/2) and csc(θ/2) terms cancel in this basis."""
     p0 = (1 - math.exp(-1 / (2 * w_norm**2))) / SQRT_2PI  # p(0, w), PAPER.md's handy identity
     p, q = p_q(theta, w_norm)
     return Moments(p0, p0, p, q)

@@ -24,6 +24,7 @@ from src.theory.moments import Moments
 
 ALPHA, LEVELS = 1.0, 1  # bits = 1, α = 1: σ is 1{x>0} and the clip point is c = 1 (the paper's model)
 R_MAX = 12.0  # ∫_{R_MAX}^∞ r² e^{−r²/2} dr < 1e-29: the radial integral is cut there
+DMU_ELEMENTS = 16384  # μ′ evaluated on slices of at most this many points (see ``radial``)
 N_PHI, N_R = 64, 48  # Gauss–Legendre nodes per smooth piece: ≤ 1e-11 against the closed forms for ‖w‖ ≤ 50
 
 
@@ -51,7 +52,11 @@ def radial(ste: STE, kappa: np.ndarray) -> np.ndarray:
     )
     r, wr = _nodes(edges[:, :-1], edges[:, 1:], N_R)  # (P, L+1, N_R)
     x = torch.from_numpy(kappa[:, None, None] * r)
-    dmu = ste.dmu(x, torch.tensor(ALPHA, dtype=torch.float64), LEVELS).numpy()
+    alpha = torch.tensor(ALPHA, dtype=torch.float64)
+    # μ′ in slices below torch's parallel grain (32768 elements): single-threaded ops are faster at this size,
+    # and on a shared CPU idle-spinning OpenMP threads made the whole call ~10x slower
+    rows = max(DMU_ELEMENTS // (x.shape[1] * x.shape[2]), 1)
+    dmu = torch.cat([ste.dmu(part, alpha, LEVELS) for part in x.split(rows)]).numpy()
     return (wr * r * r * np.exp(-r * r / 2) * dmu).sum((1, 2))
 
 
