@@ -232,6 +232,16 @@ def test_quadrature_reproduces_the_closed_forms(small, name):
     torch.testing.assert_close(quad, closed, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("theta", [0.6, math.pi])
+def test_quadrature_of_leaky_clipped_relu_is_the_mix_of_closed_forms(small, theta):
+    # μ′ = (1 − ε)·1{0<x≤1} + ε, and E g is linear in μ′: the quadrature path must reproduce the mix
+    v, _, v_star, w_star = small
+    w = vector_at_angle(w_star, theta, torch.ones(4, dtype=F64), 1.3)
+    leaky = expected_coarse_grad("leaky_clipped_relu", v, w, v_star, w_star, eps=0.3)[1]
+    mix = [expected_coarse_grad(s, v, w, v_star, w_star)[1] for s in ("clipped_relu", "identity")]
+    torch.testing.assert_close(leaky, 0.7 * mix[0] + 0.3 * mix[1], rtol=0, atol=1e-11)
+
+
 # ---- Lemmas 5, 7, 10; critical points (Prop. 1, Lemmas 6, 8, 9) -----------------------------------------------
 
 
