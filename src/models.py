@@ -126,12 +126,13 @@ MODELS["resnet20"] = partial(resnet, depth=20)
 
 @register("tiny")
 def tiny(act: ActFactory, in_shape, num_classes, width=8) -> nn.Module:
-    """A test-only conv net (one conv-BN-act block), so framework tests take seconds."""
+    """A test-only conv net (one conv-BN-act block, 4×4 max-pool, linear head), so framework tests take seconds."""
+    c, h, w = in_shape
     return nn.Sequential(
-        *conv_bn_act(in_shape[0], width, act),
-        nn.AdaptiveAvgPool2d(1),
+        *conv_bn_act(c, width, act),
+        nn.MaxPool2d(4),
         nn.Flatten(),
-        nn.Linear(width, num_classes),
+        nn.Linear(width * (h // 4) * (w // 4), num_classes),
     )
 
 

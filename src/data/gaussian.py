@@ -29,6 +29,13 @@ def teacher_labels(z: torch.Tensor, v_star: torch.Tensor, w_star: torch.Tensor) 
 class GaussianDataModule(pl.LightningDataModule):
     """Teacher (v*, w*) fixed by seed; fresh Z ~ N(0,1) every train batch; one fixed validation sample."""
 
+    num_classes = None  # regression: the two-layer model's squared loss
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """One example's shape (m, n): m patches of dimension n."""
+        return (self.m, self.n)
+
     def __init__(
         self,
         m: int = 10,

@@ -77,6 +77,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_data: Split | None = None
         self.val_data: Split | None = None
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape (C, H, W), which the models are built for."""
+        return tuple(self.files.shape)
+
     def prepare_data(self) -> None:
         """Download with torchvision when files are missing and `download` is on (Lightning: one process)."""
         ensure_present(self.files, self.root, self.download)

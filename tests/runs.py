@@ -1,0 +1,67 @@
+"""Compose the real config (conf/train.yaml) for tests, shrunk to seconds, as Hydra would for a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from src.config import register_resolvers
+from tests.conftest import REPO
+from tests.datafiles import write_cifar10, write_mnist
+
+register_resolvers()
+
+# Seconds, not hours: one epoch of two tiny batches, CPU, no progress bar, CSV only.
+FAST = [
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+DATA_FOR = {"lenet5": "mnist", "two_layer": "gaussian"}  # every other model takes CIFAR-shaped input
+
+
+def fake_data(root: Path) -> Path:
+    """Tiny MNIST and CIFAR-10 in their genuine on-disk formats under ``root`` (written once per root)."""
+    if not (root / "MNIST").exists():
+        write_mnist(root)
+        write_cifar10(root)
+    return root
+
+
+def data_overrides(model: str, root: Path) -> list[str]:
+    """The data (and quant) options a model needs, read from files the tests wrote (no checksums to match)."""
+    data = DATA_FOR.get(model, "cifar10")
+    if data == "gaussian":
+        return ["data=gaussian", "quant=binary", "data.batches_per_epoch=2", "data.val_samples=256"]
+    return [
+        f"data={data}",
+        f"paths.data_dir={fake_data(root)}",
+        "data.verify_checksums=false",
+        "data.download=false",
+        "data.batch_size=16",
+        "data.val_batch_size=32",
+    ]
+
+
+def make_cfg(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The composed config with Hydra's runtime set, so ${hydra:...} resolves and train(cfg) runs as a job."""
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def fast_cfg(tmp_path: Path, model: str = "tiny", *overrides: str, run: str = "run") -> DictConfig:
+    """A seconds-long run of ``model`` on tiny data under tmp_path/run."""
+    return make_cfg(
+        tmp_path / run, [f"model={model}", *data_overrides(model, tmp_path / "data"), *FAST, *overrides]
+    )

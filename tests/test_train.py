@@ -1,0 +1,366 @@
+"""The framework end to end: config composition, short runs of every model × paper STE, the run directory, resume,
+init from a checkpoint, multirun, bad input, and one real-data check."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from src.config import ConfigError
+from src.train import train
+from tests.conftest import REPO
+from tests.runs import FAST, fast_cfg, make_cfg
+
+GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (REPO / "conf").iterdir() if p.is_dir()}
+PAPER_STES = ["identity", "relu", "clipped_relu"]
+MODELS = ["lenet5", "vgg11", "resnet20", "tiny", "two_layer"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_values(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+# ---- composition ---------------------------------------------------------------------------------------------
+
+
+def test_config_groups_are_the_documented_ones():
+    assert set(GROUPS) >= {
+        "model",
+        "data",
+        "ste",
+        "quant",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "experiment",
+    }
+    assert set(GROUPS["model"]) == {"lenet5", "vgg11", "resnet20", "two_layer", "tiny"}
+    assert set(GROUPS["trainer"]) == {"default", "cpu", "gpu", "ddp"}
+
+
+def group_cases():
+    for group, options in GROUPS.items():
+        for option in options:
+            yield group, option
+
+
+@pytest.mark.parametrize("group,option", list(group_cases()))
+def test_every_group_option_composes_and_instantiates(tmp_path, group, option):
+    model = {"model": option}.get(
+        group,
+        "two_layer"
+        if (group, option) in {("data", "gaussian"), ("quant", "binary")}
+        else "lenet5"
+        if (group, option) == ("data", "mnist")
+        else "tiny",
+    )
+    cfg = fast_cfg(tmp_path, model, f"{group}={option}")
+    node = cfg[group] if group != "experiment" else cfg
+    if group in ("trainer",) and option in ("gpu", "ddp"):
+        assert node.accelerator == "gpu"  # instantiating needs a GPU; composing must work everywhere
+        return
+    if group in ("model", "data", "quant", "ste", "optimizer", "scheduler", "logger"):
+        built = instantiate(cfg.data)
+        net = instantiate(
+            cfg.model, act=instantiate(cfg.quant), in_shape=built.input_shape, num_classes=built.num_classes
+        )
+        opt = instantiate(cfg.optimizer)(params=net.parameters())
+        instantiate(cfg.scheduler)(optimizer=opt)
+        assert all(instantiate(c) is not None for c in cfg.logger.values())
+    else:
+        instantiate(cfg.trainer)
+
+
+def test_defaults_are_the_papers_headline_setting(tmp_path):
+    cfg = make_cfg(tmp_path, [])
+    assert (cfg.model.name, cfg.hydra.runtime.choices.data, cfg.ste.name) == (
+        "resnet20",
+        "cifar10",
+        "clipped_relu",
+    )
+    assert (cfg.quant.bits, cfg.quant.alpha, cfg.quant.alpha_mode) == (2, "lloyd", "fixed")
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, list(cfg.scheduler.milestones)) == (
+        0.01,
+        0.9,
+        [80, 140],
+    )
+    assert cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 128
+    assert cfg.run_name == "resnet20-cifar10-clipped_relu-2bit-s0"
+
+
+# ---- short runs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("ste", PAPER_STES)
+def test_short_run_every_model_and_paper_ste(tmp_path, model, ste):
+    cfg = fast_cfg(tmp_path, model, f"ste={ste}", "optimizer.lr=0.05")
+    summary = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert (
+        math.isfinite(summary["train_loss"])
+        and math.isfinite(summary["val_loss"])
+        and not summary["diverged"]
+    )
+    assert summary["epochs"] == 1 and summary["ste"] == ste
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    rows = read_csv(run / "metrics.csv")
+    assert epoch_values(rows, "train/loss") == pytest.approx([summary["train_loss"]])
+    if model != "two_layer":
+        assert 0 <= summary["val_acc"] <= 100
+
+
+def test_run_dir_holds_config_provenance_and_metrics(tmp_path):
+    cfg = fast_cfg(tmp_path, "tiny", "seed=3")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    saved = (run / "config.yaml").read_text()
+    assert "seed: 3" in saved and "${" not in saved  # resolved
+    prov = json.loads((run / "provenance.json").read_text())
+    assert (
+        prov["versions"]["torch"] == torch.__version__.split("+")[0]
+        or prov["versions"]["torch"] == torch.__version__
+    )
+    assert {"git_commit", "hardware", "command"} <= set(prov)
+    assert cfg.run_name == "tiny-cifar10-clipped_relu-2bit-s3"
+
+
+def test_training_reduces_loss_on_learnable_data(tmp_path):
+    cfg = fast_cfg(
+        tmp_path,
+        "tiny",
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        "optimizer.lr=0.05",
+    )
+    train(cfg)
+    losses = epoch_values(read_csv(Path(cfg.paths.output_dir) / "metrics.csv"), "train/loss")
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
+
+
+def test_two_layer_reduces_population_loss(tmp_path):
+    cfg = fast_cfg(
+        tmp_path,
+        "two_layer",
+        "ste=clipped_relu",
+        "trainer.max_epochs=6",
+        "data.batches_per_epoch=50",
+        "trainer.limit_train_batches=null",
+        "optimizer.lr=0.5",
+        "optimizer.weight_decay=0",
+        "optimizer.momentum=0",
+        "scheduler=constant",
+    )
+    train(cfg)
+    rows = read_csv(Path(cfg.paths.output_dir) / "metrics.csv")
+    population = epoch_values(
+        rows, "val/population_loss"
+    )  # the first is the start (validated before training)
+    assert len(population) == 7 and population[-1] < 0.3 * population[0]
+
+
+def test_divergence_is_recorded_not_crashed(tmp_path):
+    cfg = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=3", "optimizer.lr=1e30", "optimizer.momentum=0")
+    summary = train(cfg)
+    assert summary["diverged"] and summary["train_loss"] is None and summary["epochs"] < 3
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def test_resume_continues_the_run(tmp_path):
+    first = fast_cfg(tmp_path, "tiny", run="first")
+    train(first)
+    ckpt = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    second = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=2", f"resume={ckpt}", run="second")
+    summary = train(second)
+    assert summary["epochs"] == 2
+    rows = read_csv(Path(second.paths.output_dir) / "metrics.csv")
+    assert [float(r["epoch"]) for r in rows if r["train/loss"]] == [1.0]  # only the missing epoch ran
+
+
+def test_init_from_full_precision_checkpoint(tmp_path):
+    fp = fast_cfg(tmp_path, "tiny", "quant=fp", run="fp")
+    train(fp)
+    ckpt = Path(fp.paths.output_dir) / "checkpoints" / "last.ckpt"
+    fp_weights = torch.load(ckpt, weights_only=True)["state_dict"]
+    quant = fast_cfg(tmp_path, "tiny", f"init.checkpoint={ckpt}", "optimizer.lr=1e-12", run="quant")
+    summary = train(quant)  # lr ≈ 0: the weights stay the FP ones (BN running statistics move on)
+    assert summary["init_checkpoint"] == str(ckpt)
+    loaded = torch.load(summary["checkpoint"], weights_only=True)["state_dict"]
+    weights = [k for k in fp_weights if "running" not in k and "num_batches" not in k]
+    assert weights and "model.2.alpha" not in fp_weights
+    for key in weights:
+        torch.testing.assert_close(loaded[key], fp_weights[key])
+    assert loaded["model.2.alpha"].item() == pytest.approx(0.6508, abs=1e-4)  # α from this run's config
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("quant.bits=17", r"bits must be an integer in \[1, 16\], got 17"),
+        ("quant.bits=0", "bits must be an integer"),
+        ("quant.alpha=-1", "alpha must be a number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
+        ("optimizer.momentum=1.5", "momentum must lie in"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
+        ("seed=-1", "seed must be an integer >= 0"),
+        ("ste=leaky_clipped_relu ste.eps=2", r"eps must lie in \[0, 1\]"),
+        (
+            "init.checkpoint=/nonexistent/last.ckpt",
+            "init.checkpoint: no checkpoint file at /nonexistent/last.ckpt",
+        ),
+        ("resume=/nonexistent/last.ckpt", "resume: no checkpoint file at"),
+        ("model.name=alexnet", "unknown model 'alexnet'; valid names: lenet5"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, override, match):
+    cfg = fast_cfg(tmp_path, "tiny", *override.split())
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides", [["model=tiny", "data=gaussian", "quant=binary"], ["model=two_layer", "quant=binary"]]
+)
+def test_two_layer_and_gaussian_go_together(tmp_path, overrides):
+    with pytest.raises(ConfigError, match="model=two_layer goes with data=gaussian"):
+        train(make_cfg(tmp_path, [*overrides, *FAST]))
+
+
+def test_model_data_mismatch_and_bad_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match=r"model=vgg11 cannot take this data's input \(1, 28, 28\)"):
+        train(fast_cfg(tmp_path, "lenet5", "model=vgg11", run="a"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        train(fast_cfg(tmp_path, "tiny", f"init.checkpoint={junk}", run="b"))
+    other = fast_cfg(tmp_path, "tiny", "model.width=4", run="c")
+    train(other)
+    with pytest.raises(ConfigError, match="size mismatch|does not fit"):
+        train(
+            fast_cfg(
+                tmp_path, "tiny", f"init.checkpoint={other.paths.output_dir}/checkpoints/last.ckpt", run="d"
+            )
+        )
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["quant.bits=99"], "error: bits must be an integer in [1, 16], got 99"),
+        (["optimizer.lr=-1"], "error: optimizer.lr must be > 0, got -1"),
+        (["model=lenet5", "data=mnist", "data.download=false", "paths.data_dir=nowhere"], "error: "),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, args, match):
+    out = cli(*args, "hydra.run.dir=" + str(tmp_path / "run"), cwd=tmp_path)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(match) and "Traceback" not in out.stderr
+
+
+def test_cli_unknown_group_option_names_the_choices(tmp_path):
+    out = cli("ste=tanh", cwd=tmp_path)
+    assert out.returncode != 0 and "Could not find 'ste/tanh'" in out.stderr and "clipped_relu" in out.stderr
+
+
+def test_multirun_gives_distinct_complete_run_dirs(tmp_path):
+    sweep = tmp_path / "sweep"
+    data = data_root(tmp_path)
+    out = cli(
+        "-m",
+        "ste=identity,relu,clipped_relu",
+        "model=tiny",
+        f"paths.data_dir={data}",
+        "data.verify_checksums=false",
+        "data.download=false",
+        "data.batch_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == [f"{i}_tiny-cifar10-{s}-2bit-s0" for i, s in enumerate(PAPER_STES)]
+    wandb_ids = set()
+    for run in runs:
+        assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+        assert json.loads((run / "summary.json").read_text())["ste"] in PAPER_STES
+        wandb_ids |= {p.name for p in (run / "wandb").glob("offline-run-*")}
+    assert len(wandb_ids) == 3  # one W&B run per job, never shared
+
+
+def data_root(tmp_path: Path) -> Path:
+    from tests.runs import fake_data
+
+    return fake_data(tmp_path / "data")
+
+
+# ---- real data -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lenet5_2bit_clipped_relu_one_epoch_on_genuine_mnist(tmp_path, shared_data):
+    root = REPO / "data"  # the project's data dir: the genuine files are copied there once
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for src in (shared_data / "MNIST" / "raw").glob("*.gz"):
+        if not (raw / src.name).exists():
+            (raw / src.name).write_bytes(src.read_bytes())
+    cfg = make_cfg(
+        tmp_path / "run",
+        [
+            "model=lenet5",
+            "data=mnist",
+            f"paths.data_dir={root}",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+            "optimizer.lr=0.1",
+            "scheduler.milestones=[20,40]",
+            "data.download=false",
+        ],
+    )
+    summary = train(cfg)
+    print(
+        f"LeNet-5 2-bit clipped_relu, 1 epoch genuine MNIST: val_acc {summary['val_acc']:.2f}%, "
+        f"epoch {summary['epoch_time_s']:.1f} s"
+    )
+    assert summary["val_acc"] >= 97.0
