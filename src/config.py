@@ -18,9 +18,10 @@ class ConfigError(ValueError):
     """A bad run configuration, reported in one line before any work starts."""
 
 
-def quant_tag(bits, ste: str) -> str:
-    """The activation part of a run name: ``fp`` for float ReLU, else ``<ste>-<b>bit``."""
-    return "fp" if bits is None else f"{ste}-{bits}bit"
+def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None) -> str:
+    """<model>-<data>-<ste>-<b>bit-s<seed>[-<tag>]; the activation part is ``fp`` for a float ReLU."""
+    activation = "fp" if bits is None else f"{ste}-{bits}bit"
+    return f"{model}-{data}-{activation}-s{seed}" + (f"-{tag}" if tag else "")
 
 
 def sweep_group() -> str | None:
@@ -30,10 +31,10 @@ def sweep_group() -> str | None:
 
 
 def register_resolvers() -> None:
-    """Resolvers for conf/: ${quant_tag:bits,ste}, ${sweep_group:} and ${uid:} (6 hex chars, cached so that a
-    run, and every job of a sweep, sees one value)."""
-    if not OmegaConf.has_resolver("quant_tag"):
-        OmegaConf.register_new_resolver("quant_tag", quant_tag)
+    """Resolvers for conf/: ${run_name:...}, ${sweep_group:} and ${uid:} (6 hex chars, cached so that a run,
+    and every job of a sweep, sees one value)."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 

@@ -134,14 +134,18 @@ def write_summary(
     """Final metrics and the run's identity, as summary.json (NaN becomes null; ``diverged`` says why)."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     finite = lambda key: metrics[key] if math.isfinite(metrics.get(key, math.nan)) else None  # noqa: E731
+    choices = HydraConfig.get().runtime.choices
     summary = {
         "run_name": cfg.run_name,
+        "experiment": choices.get("experiment"),
+        "tag": cfg.tag,
         "model": cfg.model.name,
-        "data": HydraConfig.get().runtime.choices.data,
+        "data": choices.data,
         "ste": cfg.ste.name,
         "bits": cfg.quant.bits,
         "alpha_mode": cfg.quant.alpha_mode,
         "seed": cfg.seed,
+        "train_subset": cfg.data.get("train_subset"),
         "epochs": trainer.current_epoch,
         "max_epochs": cfg.trainer.max_epochs,
         "diverged": module.diverged,
