@@ -52,12 +52,23 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{name: one(name) for name in PACKAGES}}
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> dict[str, str | int]:
     """The machine: CPU, core count, torch threads and the GPU if one is used."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
         "machine": platform.machine(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": torch.multiprocessing.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
