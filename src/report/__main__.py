@@ -1,0 +1,29 @@
+"""CLI: ``python -m src.report ROOT [--out DIR] [--profile NAME]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from src.report.build import build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, write the report and print where it is."""
+    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__)
+    parser.add_argument(
+        "root", type=Path, help="folder holding run dirs (searched recursively for summary.json)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder for report.md and figures (default ROOT/report)"
+    )
+    parser.add_argument("--profile", help="profile name to state in the report (default: pipeline.json's)")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(f"{args.root} is not a directory")
+    print(build_report(args.root, args.out, args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The report's evidence: code, hardware, libraries, data source, protocol actually run, and wall times."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from src.report.runs import Run
+from src.report.table1 import NAMES, md_table
+
+KINDS = {
+    "fp": "FP pretraining",
+    "table1": "Table 1",
+    "fig2": "Figure 2",
+    "fig4": "Figure 4",
+    "two_layer": "two-layer",
+}
+# Table 2's epochs (PAPER.md §5) and the instability runs' lengths (§6.2); the paper states none for FP pretraining
+PAPER_EPOCHS = {("table1", "lenet5"): 50, ("table1", "vgg11"): 200, ("table1", "resnet20"): 200}
+PAPER_EPOCHS |= {("fig2", "resnet20"): 220, ("fig4", "resnet20"): 200}
+JPEG_NOTE = (
+    "CIFAR-10 was read with checksums unverified: a local copy such as the CIFAR-10 JPEG rebuild, whose pixels "
+    "differ by ≈6/255 from the original, so accuracies may sit slightly lower than on the original data."
+)
+
+
+def counted(values) -> str:
+    """Distinct values with how many runs hold each: 'a (3 runs), b (1 run)'."""
+    counts = Counter(values)
+    return ", ".join(f"{v} ({k} run{'s' * (k != 1)})" for v, k in counts.most_common())
+
+
+def code_and_hardware(runs: list[Run]) -> list[str]:
+    """Bullets: git commits (flagging +dirty), hardware, and a table of library versions."""
+    commits = [r.provenance.get("git_commit", "unknown") for r in runs]
+    lines = [f"- Git commit(s): {counted(f'`{c}`' for c in commits)}"]
+    if any(c.endswith("+dirty") for c in commits):
+        lines.append("  - ⚠ `+dirty`: those runs ran with uncommitted changes to tracked files.")
+    hw = [r.provenance.get("hardware", {}) for r in runs]
+    machines = (
+        f"{h.get('cpu', '?')}, {h.get('cpu_count', '?')} cores (torch threads {h.get('torch_threads', '?')}), "
+        f"GPU: {h.get('gpu', '?')}"
+        for h in hw
+    )
+    lines.append(f"- Hardware: {counted(machines)}")
+    packages = dict.fromkeys(p for r in runs for p in r.provenance.get("versions", {}))
+    rows = [[p, counted(r.provenance.get("versions", {}).get(p, "?") for r in runs)] for p in packages]
+    return lines + ["", md_table(["package", "version (runs)"], rows)] if rows else lines
+
+
+def data_sources(runs: list[Run], pipeline: dict) -> list[str]:
+    """Per dataset: data root(s) and whether checksums were verified; the JPEG-rebuild note where it applies."""
+    by_data = defaultdict(list)
+    for run in runs:
+        by_data[run["data"]].append(run)
+    rows, lines = [], []
+    for data, group in sorted(by_data.items(), key=lambda kv: str(kv[0])):
+        if data == "gaussian":
+            rows.append([data, "synthetic (generated from the seed)", "—"])
+            continue
+        verified = [r.provenance.get("data_checksums_verified") for r in group]
+        rows.append(
+            [str(data), counted(r.provenance.get("data_root", "?") for r in group), counted(verified)]
+        )
+        if data == "cifar10" and not all(v is True for v in verified):
+            lines.append(f"- {JPEG_NOTE}")
+    if pipeline.get("data_note"):
+        lines.append(f"- Pipeline data note: “{pipeline['data_note']}”")
+    return [md_table(["dataset", "data root (runs)", "checksums verified (runs)"], rows), "", *lines]
+
+
+def deviations(runs: list[Run], kind: str, model: str) -> str:
+    """Whether a group ran the paper's protocol, or why not (epochs, data subsets)."""
+    paper = PAPER_EPOCHS.get((kind, model))
+    if paper is None:
+        return "paper states no protocol"
+    why = sorted({f"max_epochs {r['max_epochs']} ≠ {paper}" for r in runs if r["max_epochs"] != paper})
+    why += sorted({f"stopped at epoch {r['epochs']}" for r in runs if r["epochs"] != r["max_epochs"]})
+    why += sorted({f"train_subset {r['train_subset']}" for r in runs if r["train_subset"] is not None})
+    subsets = {r.config.get("data", {}).get("val_subset") for r in runs} - {None}
+    why += [f"val_subset {s}" for s in sorted(subsets)]
+    return "yes" if not why else "**no**: " + "; ".join(why)
+
+
+def settings(run: Run) -> str:
+    """The training recipe from config.yaml: optimizer, schedule, batch size, augmentation."""
+    c = run.config
+    opt, sch, data = c.get("optimizer", {}), dict(c.get("scheduler") or {}), c.get("data", {})
+    name = lambda d: str(d.get("_target_", "?")).rsplit(".", 1)[-1]  # noqa: E731
+    args = ", ".join(f"{k}={v}" for k, v in sch.items() if not k.startswith("_") and k != "then")
+    if isinstance(sch.get("then"), dict):
+        args += (
+            f", then {name(sch['then'])}("
+            + ", ".join(f"{k}={v}" for k, v in sch["then"].items() if not k.startswith("_"))
+            + ")"
+        )
+    aug = f"crop pad {data.get('crop_padding')}, hflip {data.get('hflip')}" if data.get("augment") else "none"
+    return (
+        f"{name(opt)} lr {opt.get('lr')}, momentum {opt.get('momentum')}, weight decay {opt.get('weight_decay')}; "
+        f"{name(sch)}({args}); batch {data.get('batch_size')}; augmentation {aug}"
+    )
+
+
+def protocol(runs: list[Run]) -> str:
+    """Per group (section, model, data): runs, epochs run vs max_epochs, subsets, paper protocol, recipe."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[(run.kind, run["model"], run["data"])].append(run)
+    rows = [
+        [
+            f"{KINDS[kind]}: {NAMES.get(model, model)} / {NAMES.get(data, data)}",
+            str(len(group)),
+            counted(r["epochs"] for r in group),
+            counted(r["max_epochs"] for r in group),
+            counted(str(r["train_subset"]) for r in group),
+            deviations(group, kind, model),
+            counted(settings(r) for r in group),
+        ]
+        for (kind, model, data), group in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
+    ]
+    header = ["group", "runs", "epochs run", "max_epochs", "train_subset", "paper's protocol", "recipe"]
+    return md_table(header, rows)
+
+
+def wall_times(runs: list[Run], pipeline: dict) -> list[str]:
+    """Wall time per pipeline stage (pipeline.json) and the summed training time of the runs."""
+    lines = [f"- Summed wall time of the {len(runs)} runs: {hours(sum(r['wall_time_s'] or 0 for r in runs))}"]
+    stages = pipeline.get("stages", {})
+    if not stages:
+        return lines + ["- No pipeline.json: no per-stage wall times."]
+    rows = [
+        [s, hours(v.get("wall_time_s") or 0), "skipped" if v.get("skipped") else "ran"]
+        for s, v in stages.items()
+    ]
+    total = hours(sum(v.get("wall_time_s") or 0 for v in stages.values()))
+    return lines + [
+        f"- Pipeline stages (total {total}):",
+        "",
+        md_table(["stage", "wall time", "status"], rows),
+    ]
+
+
+def hours(seconds: float) -> str:
+    """Seconds as '12.3 s', '4.5 min' or '1.25 h'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def provenance_section(
+    runs: list[Run], pipeline: dict, profile: str, bad: list[Path], unfinished: list[Path]
+) -> str:
+    """The whole provenance section as markdown."""
+    kinds = Counter(r.kind for r in runs)
+    found = ", ".join(f"{KINDS[k]} {kinds[k]}" for k in KINDS if kinds[k])
+    lines = ["## Provenance\n", f"- Profile: {profile}", f"- Runs found: {len(runs)} ({found or 'none'})"]
+    lines += [f"- ⚠ Unreadable run dir (skipped): `{p}`" for p in bad]
+    lines += [f"- ⚠ Started but unfinished (no summary.json): `{p}`" for p in unfinished]
+    if runs:
+        lines += code_and_hardware(runs) + ["", "### Data", ""] + data_sources(runs, pipeline)
+        lines += ["", "### Protocol actually run", "", protocol(runs)]
+    lines += ["", "### Wall time", ""] + wall_times(runs, pipeline)
+    return "\n".join(lines) + "\n"

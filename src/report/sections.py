@@ -1,0 +1,170 @@
+"""The report's curve sections: Figures 2 and 4 (instability at good minima) and the two-layer model."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.report.figures import plot_curves
+from src.report.runs import Curves, Run, read_curves
+from src.report.table1 import PAPER_TABLE1, fmt, md_table
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """What the paper published for one instability figure; ``paper_*`` map a run's tag to (loss, acc %)."""
+
+    number: int
+    experiment: str
+    file: str
+    caption: str
+    paper_start: dict[str, tuple[float, float]]
+    paper_final: dict[str, tuple[float, float]]
+
+
+RESNET4, RESNET2 = PAPER_TABLE1[("cifar10", "resnet20", 4)], PAPER_TABLE1[("cifar10", "resnet20", 2)]
+FIGURES = {
+    "fig2": FigureSpec(
+        2,
+        "fig2_identity_repelled",
+        "figure2.png",
+        "Identity STE started from the good 4-bit ResNet-20 minima of the ReLU and clipped ReLU STEs (lr 1e-5 "
+        "for 20 epochs, then Table 2's schedule). Paper (Figure 2 legend, final values): CReLU 1.53 / 47.48 %, "
+        "ReLU 1.48 / 49.73 %; both end below the identity STE trained directly (54.16 %).",
+        {"from_relu": RESNET4["relu"], "from_clipped_relu": RESNET4["clipped_relu"]},
+        {"from_relu": (1.48, 49.73), "from_clipped_relu": (1.53, 47.48)},
+    ),
+    "fig4": FigureSpec(
+        4,
+        "fig4_relu_2bit",
+        "figure4.png",
+        "ReLU STE at a constant lr 1e-5, started from the 2-bit ResNet-20 clipped ReLU minimum. Paper (Figure 4 "
+        "caption): it starts at 88.38 % validation accuracy, and both errors begin to increase.",
+        {"from_clipped_relu": (RESNET2["clipped_relu"][0], 88.38)},
+        {},
+    ),
+}
+THEORY = {
+    "figure1.png": "Figure 1 (the paper's): the empirical coarse gradient approaches its expectation as the "
+    "sample size grows.",
+    "cgd_spurious.png": "Addition beyond the paper: Algorithm 1 started near the spurious minimizer, per STE.",
+    "cgd_global.png": "Addition beyond the paper: Algorithm 1 converging to the global minimum.",
+}
+
+
+def labelled_curves(runs: list[Run], label) -> list[tuple[str, Run, Curves]]:
+    """(label, run, curves) per run: ``label(run)``, plus the seed when there are several, plus the dir on a tie."""
+    seeds = {r["seed"] for r in runs}
+    names = [label(r) + (f" s{r['seed']}" if len(seeds) > 1 else "") for r in runs]
+    names = [n if names.count(n) == 1 else f"{n} ({r.path.name})" for n, r in zip(names, runs, strict=True)]
+    return [(n, r, read_curves(r)) for n, r in zip(names, runs, strict=True)]
+
+
+def parent_run(run: Run, runs: list[Run]) -> Run | None:
+    """The run whose checkpoint this run started from (init_checkpoint), if it is among the runs."""
+    init = run["init_checkpoint"]
+    if not init:
+        return None
+    target = Path(init).resolve()
+    for other in runs:
+        own = (other.path / "checkpoints" / "last.ckpt").resolve()
+        if target in (own, Path(other["checkpoint"] or own).resolve()):
+            return other
+    return None
+
+
+def pair(loss: float | None, acc: float | None) -> str:
+    """'loss / acc' as Table 1 writes it."""
+    return f"{fmt(loss, 'train_loss')} / {fmt(acc, 'val_acc')}"
+
+
+def figure_section(kind: str, runs: list[Run], out: Path) -> str:
+    """Figure 2 or 4: the PNG of training loss and validation accuracy per epoch, and start/final numbers."""
+    spec = FIGURES[kind]
+    mine = [r for r in runs if r.kind == kind]
+    head = f"## Figure {spec.number}\n\n"
+    if not mine:
+        return head + f"No Figure {spec.number} runs (experiment `{spec.experiment}`) found.\n"
+    curves = labelled_curves(mine, lambda r: r["tag"] or r["run_name"])
+    rows, note = [], ""
+    for label, run, curve in curves:
+        parent = parent_run(run, runs)
+        if parent and "train/loss" not in curve.start and parent.value("train_loss") is not None:
+            curve.start["train/loss"] = parent.value(
+                "train_loss"
+            )  # the training loss at the starting minimum
+            note = " Epoch 0's training loss is the starting run's final training loss (its summary)."
+        final = "diverged" if run["diverged"] else pair(run.value("train_loss"), run.value("val_acc"))
+        paper = [spec.paper_start.get(run["tag"]), spec.paper_final.get(run["tag"])]
+        rows.append(
+            [
+                label,
+                f"{run['epochs']} / {run['max_epochs']}",
+                pair(curve.first("train/loss"), curve.first("val/acc")),
+            ]
+            + [final, *(pair(*p) if p else "—" for p in paper)]
+        )
+    plot_curves(
+        {c[0]: c[2] for c in curves},
+        ("train/loss", "val/acc"),
+        out / spec.file,
+        f"Figure {spec.number} (ours)",
+    )
+    header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final"]
+    return (
+        head
+        + f"![Figure {spec.number}]({spec.file})\n\n*{spec.caption} Ours: epoch 0 is the starting point's "
+        f"validation, epoch e + 1 the state after epoch e.{note}*\n\nTraining loss / validation accuracy (%):\n\n"
+        + md_table(header, rows)
+        + "\n"
+    )
+
+
+def find_theory(root: Path, exclude: Path) -> dict[str, Path]:
+    """The theory outputs under root (src.theory's PNGs and certificate.md), first by path, outside ``exclude``."""
+    found = {}
+    for name in [*THEORY, "certificate.md"]:
+        hits = [p for p in sorted(root.rglob(name)) if not p.resolve().is_relative_to(exclude.resolve())]
+        if hits:
+            found[name] = hits[0]
+    return found
+
+
+def two_layer_section(runs: list[Run], root: Path, out: Path) -> str:
+    """The two-layer model: theory figures and certificate (copied from src.theory's output) and our runs."""
+    parts, theory = ["## Two-layer model\n"], find_theory(root, out)
+    for name, caption in THEORY.items():
+        if name in theory:
+            shutil.copyfile(theory[name], out / name)  # a copy beside report.md, so the link is relative
+            parts.append(f"![{name}]({name})\n\n*{caption}*\n")
+    if "certificate.md" in theory:
+        parts.append(
+            "Descent certificate (`certificate.md`):\n\n"
+            + theory["certificate.md"].read_text().strip()
+            + "\n"
+        )
+    if not theory:
+        parts.append("No theory outputs (figure1.png, cgd_*.png, certificate.md) found.\n")
+    mine = [r for r in runs if r.kind == "two_layer"]
+    if not mine:
+        return "\n".join(parts + ["No two-layer runs found.\n"])
+    curves = labelled_curves(mine, lambda r: r["ste"])
+    title = "Two-layer model: population loss (ours)"
+    plot_curves({c[0]: c[2] for c in curves}, ("val/population_loss",), out / "two_layer.png", title)
+    rows = []
+    for label, run, curve in curves:
+        start = curve.first("val/population_loss")
+        final = [run.value(m) for m in ("population_loss", "train_loss")]
+        final = ["diverged"] * 2 if run["diverged"] else [f"{v:.4g}" if v is not None else "—" for v in final]
+        rows.append(
+            [
+                label,
+                f"{run['epochs']} / {run['max_epochs']}",
+                f"{start:.4g}" if start is not None else "—",
+                *final,
+            ]
+        )
+    header = ["STE", "epochs run / max", "start population loss", "final population loss", "final train loss"]
+    caption = "*Our two-layer runs through the framework: population loss f(v, w) (Lemma 1) per epoch.*\n"
+    return "\n".join(parts + ["![two-layer runs](two_layer.png)\n", caption, md_table(header, rows) + "\n"])
