@@ -82,22 +82,20 @@ def deviations(runs: list[Run], kind: str, model: str) -> str:
     return "yes" if not why else "**no**: " + "; ".join(why)
 
 
+def call(node: dict | None) -> str:
+    """A config node with ``_target_`` as 'Name(arg=value, ...)', nested nodes included (hold_then's ``then``)."""
+    node = node or {}
+    args = (f"{k}={call(v) if isinstance(v, dict) else v}" for k, v in node.items() if not k.startswith("_"))
+    return f"{str(node.get('_target_', '?')).rsplit('.', 1)[-1]}({', '.join(args)})"
+
+
 def settings(run: Run) -> str:
     """The training recipe from config.yaml: optimizer, schedule, batch size, augmentation."""
-    c = run.config
-    opt, sch, data = c.get("optimizer", {}), dict(c.get("scheduler") or {}), c.get("data", {})
-    name = lambda d: str(d.get("_target_", "?")).rsplit(".", 1)[-1]  # noqa: E731
-    args = ", ".join(f"{k}={v}" for k, v in sch.items() if not k.startswith("_") and k != "then")
-    if isinstance(sch.get("then"), dict):
-        args += (
-            f", then {name(sch['then'])}("
-            + ", ".join(f"{k}={v}" for k, v in sch["then"].items() if not k.startswith("_"))
-            + ")"
-        )
+    data = run.config.get("data", {})
     aug = f"crop pad {data.get('crop_padding')}, hflip {data.get('hflip')}" if data.get("augment") else "none"
     return (
-        f"{name(opt)} lr {opt.get('lr')}, momentum {opt.get('momentum')}, weight decay {opt.get('weight_decay')}; "
-        f"{name(sch)}({args}); batch {data.get('batch_size')}; augmentation {aug}"
+        f"{call(run.config.get('optimizer'))}; {call(run.config.get('scheduler'))}; "
+        f"batch {data.get('batch_size')}; augmentation {aug}"
     )
 
 

@@ -103,16 +103,6 @@ class Curves:
         points += [(e + 1, m[metric]) for e, m in sorted(self.epochs.items()) if metric in m]
         return [x for x, _ in points], [y for _, y in points]
 
-    def first(self, metric: str) -> float | None:
-        """The metric's first point (the starting point when it was validated)."""
-        _, ys = self.series(metric)
-        return ys[0] if ys else None
-
-    def last(self, metric: str) -> float | None:
-        """The metric's last logged value."""
-        _, ys = self.series(metric)
-        return ys[-1] if ys else None
-
 
 METRICS = ("train/loss", "val/acc", "val/loss", "val/population_loss")
 

@@ -79,6 +79,29 @@ def pair(loss: float | None, acc: float | None) -> str:
     return f"{fmt(loss, 'train_loss')} / {fmt(acc, 'val_acc')}"
 
 
+def start_from_parent(run: Run, curve: Curves, runs: list[Run]) -> bool:
+    """Put the starting run's final training loss at epoch 0 (the step-0 row logs validation only)."""
+    parent = parent_run(run, runs)
+    if parent is None or "train/loss" in curve.start or parent.value("train_loss") is None:
+        return False
+    curve.start["train/loss"] = parent.value("train_loss")
+    return True
+
+
+def figure_row(label: str, run: Run, curve: Curves, spec: FigureSpec) -> list[str]:
+    """Run, epochs, ours at start and end, and the paper's start and end (loss / acc %)."""
+    final = "diverged" if run["diverged"] else pair(run.value("train_loss"), run.value("val_acc"))
+    paper = [spec.paper_start.get(run["tag"]), spec.paper_final.get(run["tag"])]
+    start = pair(curve.start.get("train/loss"), curve.start.get("val/acc"))
+    return [
+        label,
+        f"{run['epochs']} / {run['max_epochs']}",
+        start,
+        final,
+        *(pair(*p) if p else "—" for p in paper),
+    ]
+
+
 def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     """Figure 2 or 4: the PNG of training loss and validation accuracy per epoch, and start/final numbers."""
     spec = FIGURES[kind]
@@ -87,37 +110,19 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     if not mine:
         return head + f"No Figure {spec.number} runs (experiment `{spec.experiment}`) found.\n"
     curves = labelled_curves(mine, lambda r: r["tag"] or r["run_name"])
-    rows, note = [], ""
-    for label, run, curve in curves:
-        parent = parent_run(run, runs)
-        if parent and "train/loss" not in curve.start and parent.value("train_loss") is not None:
-            curve.start["train/loss"] = parent.value(
-                "train_loss"
-            )  # the training loss at the starting minimum
-            note = " Epoch 0's training loss is the starting run's final training loss (its summary)."
-        final = "diverged" if run["diverged"] else pair(run.value("train_loss"), run.value("val_acc"))
-        paper = [spec.paper_start.get(run["tag"]), spec.paper_final.get(run["tag"])]
-        rows.append(
-            [
-                label,
-                f"{run['epochs']} / {run['max_epochs']}",
-                pair(curve.first("train/loss"), curve.first("val/acc")),
-            ]
-            + [final, *(pair(*p) if p else "—" for p in paper)]
-        )
-    plot_curves(
-        {c[0]: c[2] for c in curves},
-        ("train/loss", "val/acc"),
-        out / spec.file,
-        f"Figure {spec.number} (ours)",
-    )
+    from_parent = [start_from_parent(run, curve, runs) for _, run, curve in curves]
+    holds = {(r.config.get("scheduler") or {}).get("hold_epochs") for r in mine} - {None}
+    switch = holds.pop() if len(holds) == 1 else None  # one line only when all runs switch at the same epoch
+    title = f"Figure {spec.number} (ours)"
+    plot_curves({c[0]: c[2] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
+    note = " Epoch 0's training loss is the starting run's final training loss (its summary)."
+    note = note if any(from_parent) else ""
     header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final"]
+    rows = [figure_row(*c, spec) for c in curves]
     return (
-        head
-        + f"![Figure {spec.number}]({spec.file})\n\n*{spec.caption} Ours: epoch 0 is the starting point's "
+        f"{head}![Figure {spec.number}]({spec.file})\n\n*{spec.caption} Ours: epoch 0 is the starting point's "
         f"validation, epoch e + 1 the state after epoch e.{note}*\n\nTraining loss / validation accuracy (%):\n\n"
-        + md_table(header, rows)
-        + "\n"
+        f"{md_table(header, rows)}\n"
     )
 
 
@@ -131,40 +136,38 @@ def find_theory(root: Path, exclude: Path) -> dict[str, Path]:
     return found
 
 
-def two_layer_section(runs: list[Run], root: Path, out: Path) -> str:
-    """The two-layer model: theory figures and certificate (copied from src.theory's output) and our runs."""
-    parts, theory = ["## Two-layer model\n"], find_theory(root, out)
+def theory_parts(root: Path, out: Path) -> list[str]:
+    """src.theory's figures (copied beside report.md, so links are relative) and its certificate table."""
+    theory, parts = find_theory(root, out), []
     for name, caption in THEORY.items():
         if name in theory:
-            shutil.copyfile(theory[name], out / name)  # a copy beside report.md, so the link is relative
+            shutil.copyfile(theory[name], out / name)
             parts.append(f"![{name}]({name})\n\n*{caption}*\n")
     if "certificate.md" in theory:
-        parts.append(
-            "Descent certificate (`certificate.md`):\n\n"
-            + theory["certificate.md"].read_text().strip()
-            + "\n"
-        )
-    if not theory:
-        parts.append("No theory outputs (figure1.png, cgd_*.png, certificate.md) found.\n")
+        table = theory["certificate.md"].read_text().strip()
+        parts.append(f"Descent certificate (`certificate.md`):\n\n{table}\n")
+    return parts or ["No theory outputs (figure1.png, cgd_*.png, certificate.md) found.\n"]
+
+
+def population_row(label: str, run: Run, curve: Curves) -> list[str]:
+    """STE, epochs, and the population loss at the start and end, and the final training loss."""
+    show = lambda v: f"{v:.4g}" if v is not None else "—"  # noqa: E731
+    final = [run.value(m) for m in ("population_loss", "train_loss")]
+    final = ["diverged"] * 2 if run["diverged"] else [show(v) for v in final]
+    epochs = f"{run['epochs']} / {run['max_epochs']}"
+    return [label, epochs, show(curve.start.get("val/population_loss")), *final]
+
+
+def two_layer_section(runs: list[Run], root: Path, out: Path) -> str:
+    """The two-layer model: the theory outputs, then our runs' population loss per epoch (one curve per STE)."""
+    parts = ["## Two-layer model\n", *theory_parts(root, out)]
     mine = [r for r in runs if r.kind == "two_layer"]
     if not mine:
         return "\n".join(parts + ["No two-layer runs found.\n"])
     curves = labelled_curves(mine, lambda r: r["ste"])
     title = "Two-layer model: population loss (ours)"
     plot_curves({c[0]: c[2] for c in curves}, ("val/population_loss",), out / "two_layer.png", title)
-    rows = []
-    for label, run, curve in curves:
-        start = curve.first("val/population_loss")
-        final = [run.value(m) for m in ("population_loss", "train_loss")]
-        final = ["diverged"] * 2 if run["diverged"] else [f"{v:.4g}" if v is not None else "—" for v in final]
-        rows.append(
-            [
-                label,
-                f"{run['epochs']} / {run['max_epochs']}",
-                f"{start:.4g}" if start is not None else "—",
-                *final,
-            ]
-        )
     header = ["STE", "epochs run / max", "start population loss", "final population loss", "final train loss"]
     caption = "*Our two-layer runs through the framework: population loss f(v, w) (Lemma 1) per epoch.*\n"
-    return "\n".join(parts + ["![two-layer runs](two_layer.png)\n", caption, md_table(header, rows) + "\n"])
+    table = md_table(header, [population_row(*c) for c in curves])
+    return "\n".join(parts + ["![two-layer runs](two_layer.png)\n", caption, table + "\n"])

@@ -9,38 +9,17 @@ from dataclasses import dataclass
 from src.report.runs import Run
 
 # PAPER.md §6.1, Table 1 verbatim: (data, model, bits) -> ste -> (final training loss, validation accuracy %)
+# one row per line, in the paper's layout
+# fmt: off
 PAPER_TABLE1: dict[tuple[str, str, int], dict[str, tuple[float, float]]] = {
-    ("mnist", "lenet5", 2): {
-        "identity": (2.6e-2, 98.49),
-        "relu": (5.1e-3, 99.24),
-        "clipped_relu": (5.4e-3, 99.23),
-    },
-    ("mnist", "lenet5", 4): {
-        "identity": (6.0e-3, 98.98),
-        "relu": (9.0e-4, 99.32),
-        "clipped_relu": (8.8e-4, 99.24),
-    },
-    ("cifar10", "vgg11", 2): {
-        "identity": (0.19, 86.58),
-        "relu": (0.10, 88.69),
-        "clipped_relu": (0.02, 90.92),
-    },
-    ("cifar10", "vgg11", 4): {
-        "identity": (3.1e-2, 90.19),
-        "relu": (1.5e-3, 92.01),
-        "clipped_relu": (1.3e-3, 92.08),
-    },
-    ("cifar10", "resnet20", 2): {
-        "identity": (1.56, 46.52),
-        "relu": (1.50, 48.05),
-        "clipped_relu": (0.24, 88.39),
-    },
-    ("cifar10", "resnet20", 4): {
-        "identity": (1.38, 54.16),
-        "relu": (0.25, 86.59),
-        "clipped_relu": (0.04, 91.24),
-    },
+    ("mnist", "lenet5", 2):     {"identity": (2.6e-2, 98.49), "relu": (5.1e-3, 99.24), "clipped_relu": (5.4e-3, 99.23)},
+    ("mnist", "lenet5", 4):     {"identity": (6.0e-3, 98.98), "relu": (9.0e-4, 99.32), "clipped_relu": (8.8e-4, 99.24)},
+    ("cifar10", "vgg11", 2):    {"identity": (0.19, 86.58),   "relu": (0.10, 88.69),   "clipped_relu": (0.02, 90.92)},
+    ("cifar10", "vgg11", 4):    {"identity": (3.1e-2, 90.19), "relu": (1.5e-3, 92.01), "clipped_relu": (1.3e-3, 92.08)},
+    ("cifar10", "resnet20", 2): {"identity": (1.56, 46.52),   "relu": (1.50, 48.05),   "clipped_relu": (0.24, 88.39)},
+    ("cifar10", "resnet20", 4): {"identity": (1.38, 54.16),   "relu": (0.25, 86.59),   "clipped_relu": (0.04, 91.24)},
 }
+# fmt: on
 PAPER_STES = ("identity", "relu", "clipped_relu")
 STE_LABELS = {"identity": "identity", "relu": "vanilla ReLU", "clipped_relu": "clipped ReLU"}
 NAMES = {"mnist": "MNIST", "cifar10": "CIFAR10", "lenet5": "LeNet5", "vgg11": "VGG11", "resnet20": "ResNet20"}

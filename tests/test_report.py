@@ -1,0 +1,388 @@
+"""src.report on synthetic run dirs written here in src/train.py's format, with numbers the tests know."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from itertools import takewhile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.report import build_report, collect_runs, read_curves, table1
+from src.report.__main__ import main
+from src.report.table1 import PAPER_TABLE1, fmt
+
+VERSIONS = {"python": "3.11.7", "torch": "2.14.1", "numpy": "2.4.6"}
+CONFIG = {
+    "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+    "scheduler": {"_target_": "torch.optim.lr_scheduler.MultiStepLR", "milestones": [20, 40], "gamma": 0.1},
+    "data": {"batch_size": 64, "augment": False, "val_subset": None},
+}
+
+
+def write_run(root: Path, name: str, curve=None, prov=None, **fields) -> Path:
+    """A run dir as src/train.py writes it; ``curve`` = [(train_loss, val_acc)] per epoch after a start row."""
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {
+        "run_name": name,
+        "experiment": None,
+        "tag": None,
+        "model": "lenet5",
+        "data": "mnist",
+        "ste": "relu",
+        "bits": 2,
+        "alpha_mode": "fixed",
+        "seed": 0,
+        "train_subset": None,
+        "epochs": 50,
+        "max_epochs": 50,
+        "diverged": False,
+        "train_loss": 0.01,
+        "val_loss": 0.05,
+        "val_acc": 99.0,
+        "population_loss": None,
+        "epoch_time_s": 1.0,
+        "wall_time_s": 10.0,
+        "init_checkpoint": None,
+        "checkpoint": str(run / "checkpoints" / "last.ckpt"),
+    } | fields
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    provenance = {
+        "git_commit": "abc123",
+        "versions": VERSIONS,
+        "hardware": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "gpu": "none"},
+        "data_root": "/data",
+        "data_checksums_verified": True,
+    }
+    (run / "provenance.json").write_text(json.dumps(provenance | (prov or {})))
+    write_metrics(run / "metrics.csv", curve or [(summary["train_loss"], summary["val_acc"])])
+    return run
+
+
+def write_metrics(path: Path, curve, start_acc: float = 50.0, start: bool = True) -> None:
+    """metrics.csv rows in Lightning's order: a step-0 validation, then per epoch lr, val and train rows."""
+    lines = ["epoch,lr-SGD,step,time/epoch_s,train/loss,val/acc,val/loss"]
+    lines += [f"0,,0,,,{start_acc},2.0"] if start else []
+    for e, (loss, acc) in enumerate(curve):
+        lines += [f",0.01,{2 * e},,,,", f"{e},,{2 * e + 1},,,{acc},1.0", f"{e},,{2 * e + 1},0.5,{loss},,"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def md_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table after ``heading``, as dicts keyed by its header."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = list(takewhile(lambda line: line.startswith("|"), lines[start:]))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in block]
+    return [dict(zip(cells[0], r, strict=True)) for r in cells[2:]]
+
+
+def row(table: list[dict[str, str]], network: str, bits: str) -> dict[str, str]:
+    """One Table-1 row by network and bit width."""
+    return next(r for r in table if r["Network"] == network and r["BitWidth"] == bits)
+
+
+SEEDS = {"identity": [98.1, 98.4, 98.2], "relu": [99.1, 99.3, 99.0], "clipped_relu": [99.2, 99.25, 99.3]}
+LOSSES = {"identity": [0.031, 0.022, 0.027], "relu": [0.004, 0.006, 0.005], "clipped_relu": [0.12, 0.15, 0.2]}
+
+
+@pytest.fixture
+def table_root(tmp_path: Path) -> Path:
+    """LeNet5 2-bit: three seeds per STE; ResNet20 4-bit with a violated ordering; diverged cells on VGG11."""
+    root = tmp_path / "runs"
+    for ste, accs in SEEDS.items():
+        for seed, (acc, loss) in enumerate(zip(accs, LOSSES[ste], strict=True)):
+            write_run(root, f"lenet-{ste}-s{seed}", ste=ste, seed=seed, val_acc=acc, train_loss=loss)
+    for ste, acc in {"identity": 60.0, "relu": 50.0, "clipped_relu": 90.0}.items():  # relu < identity: ✗
+        write_run(root, f"resnet-{ste}", model="resnet20", data="cifar10", bits=4, ste=ste, val_acc=acc)
+    for seed in (0, 1):  # all of relu diverged; one of clipped_relu's two seeds diverged
+        nulls = {"diverged": True, "train_loss": None, "val_acc": None}
+        write_run(root, f"vgg-relu-s{seed}", model="vgg11", data="cifar10", **nulls, seed=seed)
+        clipped = nulls if seed else {"val_acc": 91.5}
+        write_run(
+            root, f"vgg-clip-s{seed}", model="vgg11", data="cifar10", ste="clipped_relu", seed=seed, **clipped
+        )
+    return root
+
+
+def test_table1_cells_are_mean_std_n_of_the_summaries(table_root: Path):
+    runs, bad = collect_runs(table_root)
+    assert not bad and len(runs) == 9 + 3 + 4
+    for metric, seeds in (("val_acc", SEEDS), ("train_loss", LOSSES)):
+        cells = table1(runs, metric)[("mnist", "lenet5", 2)]
+        for ste, values in seeds.items():
+            assert cells[ste].n == 3 and cells[ste].diverged == 0
+            assert cells[ste].mean == pytest.approx(statistics.mean(values))
+            assert cells[ste].std == pytest.approx(statistics.stdev(values))
+
+
+def test_rendered_table1_shows_paper_ours_n_and_difference(table_root: Path):
+    text = build_report(table_root).read_text()
+    for heading, metric, seeds in (("Table 1a", "val_acc", SEEDS), ("Table 1b", "train_loss", LOSSES)):
+        lenet = row(md_table(text, heading), "LeNet5", "2")
+        for ste, label in (
+            ("identity", "identity"),
+            ("relu", "vanilla ReLU"),
+            ("clipped_relu", "clipped ReLU"),
+        ):
+            paper = PAPER_TABLE1[("mnist", "lenet5", 2)][ste][metric == "val_acc"]
+            mean, std = statistics.mean(seeds[ste]), statistics.stdev(seeds[ste])
+            assert lenet[f"{label} paper"] == fmt(paper, metric)
+            assert lenet[f"{label} ours"] == f"{fmt(mean, metric)} ± {fmt(std, metric)} (n=3)"
+            assert lenet[f"{label} Δ"] == fmt(mean - paper, metric, sign=True)
+    assert [r["Network"] for r in md_table(text, "Table 1a")][:6] == ["LeNet5"] * 2 + ["VGG11"] * 2 + [
+        "ResNet20"
+    ] * 2
+
+
+def test_loss_and_accuracy_formats_follow_the_paper():
+    assert [fmt(x, "train_loss") for x in (0.026, 8.8e-4, 0.19, 1.56, 0.1)] == [
+        "2.6e-2",
+        "8.8e-4",
+        "0.19",
+        "1.56",
+        "0.10",
+    ]
+    assert fmt(-0.0123, "train_loss", sign=True) == "-1.2e-2" and fmt(0.5, "val_acc", sign=True) == "+0.50"
+    assert fmt(99.234, "val_acc") == "99.23" and fmt(None, "val_acc") == "—"
+
+
+def test_diverged_cells_show_diverged_with_k_of_n(table_root: Path):
+    text = build_report(table_root).read_text()
+    vgg = row(md_table(text, "Table 1a"), "VGG11", "2")
+    assert vgg["vanilla ReLU ours"] == "diverged (n=2)" and vgg["vanilla ReLU Δ"] == "—"
+    assert vgg["clipped ReLU ours"] == "91.50 (n=1); diverged 1 of 2"  # n=1: no ± 0
+    assert vgg["clipped ReLU Δ"] == fmt(91.5 - 90.92, "val_acc", sign=True)
+    assert row(md_table(text, "Table 1b"), "VGG11", "2")["vanilla ReLU ours"] == "diverged (n=2)"
+
+
+def test_ordering_check_flags_a_violating_row(table_root: Path):
+    check = md_table(build_report(table_root).read_text(), "## Ordering check")
+    verdict = "ours: clipped ≥ ReLU > identity"
+    resnet, lenet = row(check, "ResNet20", "4"), row(check, "LeNet5", "2")
+    assert resnet[verdict] == "✗" and resnet["vanilla ReLU"] == "50.00" and resnet["identity"] == "60.00"
+    assert resnet["paper's numbers"] == "✓" and resnet["scope"] == "claim (deep net)"
+    assert (
+        lenet[verdict] == "✓" and lenet["paper's numbers"] == "✗"
+    )  # the paper's own LeNet5 2-bit: 99.23 < 99.24
+    assert lenet["scope"] == "for information"
+
+
+@pytest.fixture
+def figure_root(tmp_path: Path) -> Path:
+    """Two 4-bit ResNet20 Table-1 minima, Figure 2 runs from each, a Figure 4 run, theory outputs, pipeline.json."""
+    root = tmp_path / "runs"
+    resnet = {"model": "resnet20", "data": "cifar10", "bits": 4}
+    parents = {
+        ste: write_run(root / "table1", ste, ste=ste, train_loss=loss, val_acc=acc, **resnet)
+        for ste, loss, acc in (("relu", 0.3, 85.0), ("clipped_relu", 0.05, 91.0))
+    }
+    for ste, parent in parents.items():
+        curve = [(0.5, 80.0), (1.2, 60.0), (1.6, 45.0)]
+        write_run(
+            root / "fig2",
+            f"f2-{ste}",
+            curve=curve,
+            experiment="fig2_identity_repelled",
+            tag=f"from_{ste}",
+            ste="identity",
+            init_checkpoint=str(parent / "checkpoints" / "last.ckpt"),
+            train_loss=1.6,
+            val_acc=45.0,
+            epochs=3,
+            max_epochs=3,
+            **resnet,
+        )
+    write_run(
+        root / "fig4",
+        "f4",
+        curve=[(0.3, 86.0), (0.4, 84.0)],
+        experiment="fig4_relu_2bit",
+        tag="from_clipped_relu",
+        **resnet | {"bits": 2},
+        train_loss=0.4,
+        val_acc=84.0,
+        epochs=2,
+    )
+    theory = root / "two_layer" / "theory"
+    theory.mkdir(parents=True)
+    for name in ("figure1.png", "cgd_spurious.png", "cgd_global.png"):
+        (theory / name).write_bytes(b"\x89PNG fake " + name.encode())
+    (theory / "certificate.md").write_text("| STE | vanishes |\n|---|---|\n| relu | yes |\n")
+    pipeline = {
+        "profile": "smoke",
+        "seeds": [0],
+        "stages": {"fig2": {"wall_time_s": 4000.0, "skipped": False}},
+        "data_note": "CIFAR-10 from the JPEG rebuild",
+    }
+    (root / "pipeline.json").write_text(json.dumps(pipeline))
+    return root
+
+
+def test_figures_are_written_linked_and_start_where_the_runs_start(figure_root: Path):
+    path = build_report(figure_root, figure_root / "out")
+    text, out = path.read_text(), path.parent
+    for name in ("figure2.png", "figure4.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
+    fig2 = {r["run"]: r for r in md_table(text, "## Figure 2")}
+    # start: the parent's final train loss / the step-0 validation; final: the summary; paper: Table 1 and legend
+    assert (
+        fig2["from_relu"]["ours start"] == "0.30 / 50.00"
+        and fig2["from_relu"]["ours final"] == "1.60 / 45.00"
+    )
+    assert fig2["from_clipped_relu"]["ours start"] == "5.0e-2 / 50.00"
+    assert (
+        fig2["from_relu"]["paper final"] == "1.48 / 49.73"
+        and fig2["from_clipped_relu"]["paper start"] == "4.0e-2 / 91.24"
+    )
+    assert fig2["from_relu"]["epochs run / max"] == "3 / 3"
+    fig4 = md_table(text, "## Figure 4")
+    assert (
+        len(fig4) == 1 and fig4[0]["paper start"] == "0.24 / 88.38" and fig4[0]["ours start"] == "— / 50.00"
+    )
+    assert "CReLU 1.53 / 47.48 %" in text and "88.38 %" in text
+
+
+def test_theory_outputs_are_copied_and_the_certificate_included(figure_root: Path):
+    out = figure_root / "out"
+    text = build_report(figure_root, out).read_text()
+    for name in ("figure1.png", "cgd_spurious.png", "cgd_global.png"):
+        assert (out / name).read_bytes() == (figure_root / "two_layer" / "theory" / name).read_bytes()
+        assert f"]({name})" in text
+    assert "| relu | yes |" in text and "No two-layer runs found." in text
+
+
+def test_two_layer_runs_plot_population_loss_per_ste(tmp_path: Path):
+    root = tmp_path / "runs"
+    for ste, final in (("relu", 0.02), ("identity", 0.9)):
+        run = write_run(
+            root,
+            ste,
+            model="two_layer",
+            data="gaussian",
+            ste=ste,
+            bits=1,
+            val_acc=None,
+            population_loss=final,
+            epochs=2,
+            max_epochs=2,
+        )
+        lines = [
+            "epoch,lr-SGD,step,time/epoch_s,train/loss,val/loss,val/population_loss",
+            "0,,0,,,1.4,1.5",
+            "0,,1,,,1.0,1.1",
+            "0,,1,0.1,1.2,,",
+            f"1,,3,,,0.5,{final}",
+            "1,,3,0.1,0.6,,",
+        ]
+        (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    text = build_report(root).read_text()
+    assert (root / "report" / "two_layer.png").is_file() and "](two_layer.png)" in text
+    rows = {r["STE"]: r for r in md_table(text, "## Two-layer model")}
+    assert rows["relu"]["start population loss"] == "1.5" and rows["relu"]["final population loss"] == "0.02"
+    assert rows["identity"]["final population loss"] == "0.9"
+    assert "No quantized Table-1 runs found." in text and "Table 1a" not in text
+
+
+def test_read_curves_starts_at_the_step0_validation(tmp_path: Path):
+    run_dir = write_run(tmp_path, "r", curve=[(2.4, 10.0), (2.5, 12.0)])
+    curves = read_curves(collect_runs(tmp_path)[0][0])
+    assert curves.series("val/acc") == ([0, 1, 2], [50.0, 10.0, 12.0])
+    assert curves.series("train/loss") == ([1, 2], [2.4, 2.5])
+    write_metrics(run_dir / "metrics.csv", [(2.4, 10.0)], start=False)  # a resumed run: no starting point
+    assert read_curves(collect_runs(tmp_path)[0][0]).series("val/acc") == ([1], [10.0])
+
+
+def section(text: str, heading: str) -> list[str]:
+    """The non-empty lines of a '## ' section."""
+    body = text.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in body.splitlines() if line.strip()]
+
+
+def test_missing_sections_degrade_to_one_line(tmp_path: Path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    text = build_report(root).read_text()
+    assert section(text, "## Table 1") == [
+        "No quantized Table-1 runs found.",
+        "No full-precision (bits null) runs found.",
+    ]
+    assert section(text, "## Figure 2") == ["No Figure 2 runs (experiment `fig2_identity_repelled`) found."]
+    assert section(text, "## Figure 4") == ["No Figure 4 runs (experiment `fig4_relu_2bit`) found."]
+    assert section(text, "## Two-layer model") == [
+        "No theory outputs (figure1.png, cgd_*.png, certificate.md) found.",
+        "No two-layer runs found.",
+    ]
+    assert "Runs found: 0 (none)" in text
+
+
+def test_provenance_versions_commits_data_and_pipeline(figure_root: Path):
+    write_run(
+        figure_root / "extra",
+        "fp",
+        bits=None,
+        prov={"git_commit": "def456+dirty", "versions": VERSIONS | {"torch": "2.9.0"}},
+    )
+    for run in (figure_root / "table1").iterdir():  # the CIFAR runs read a copy with unverified checksums
+        prov = json.loads((run / "provenance.json").read_text()) | {"data_checksums_verified": False}
+        (run / "provenance.json").write_text(json.dumps(prov))
+    text = build_report(figure_root, figure_root / "out").read_text()
+    prov = text.split("## Provenance", 1)[1]
+    assert "- Profile: smoke" in prov and "Profile: **smoke**" in text
+    assert "`abc123` (5 runs), `def456+dirty` (1 run)" in prov and "uncommitted changes" in prov
+    assert "| torch | 2.14.1 (5 runs), 2.9.0 (1 run) |" in prov and "| numpy | 2.4.6 (6 runs) |" in prov
+    assert "CIFAR-10 JPEG rebuild" in prov and "“CIFAR-10 from the JPEG rebuild”" in prov
+    assert "Test CPU, 2 cores (torch threads 2), GPU: none (6 runs)" in prov
+    assert "| fig2 | 1.11 h | ran |" in prov and "Summed wall time of the 6 runs: 1.0 min" in prov
+    fp = {"training loss": "1.0e-2 (n=1)", "validation accuracy (%)": "99.00 (n=1)"}
+    assert md_table(text, "Table 1c") == [{"Dataset": "MNIST", "Network": "LeNet5"} | fp]
+
+
+def test_verified_cifar_is_not_called_a_copy(figure_root: Path):
+    (figure_root / "pipeline.json").unlink()
+    text = build_report(figure_root, figure_root / "out", profile="paper").read_text()
+    assert "JPEG rebuild" not in text and "- Profile: paper" in text and "No pipeline.json" in text
+
+
+def test_protocol_table_flags_smoke_runs_and_the_banner_follows(tmp_path: Path):
+    paper_root, smoke_root = tmp_path / "paper", tmp_path / "smoke"
+    write_run(paper_root, "lenet", epochs=50, max_epochs=50)
+    write_run(smoke_root, "lenet", epochs=1, max_epochs=1, train_subset=512)
+    paper, smoke = (build_report(r).read_text() for r in (paper_root, smoke_root))
+    group = lambda text: md_table(text, "### Protocol actually run")[0]  # noqa: E731
+    assert group(paper)["paper's protocol"] == "yes" and "Not the paper's protocol" not in paper
+    assert group(smoke)["paper's protocol"] == "**no**: max_epochs 1 ≠ 50; train_subset 512"
+    assert group(smoke)["train_subset"] == "512 (1 run)" and "Not the paper's protocol" in smoke
+    assert "weight_decay=0.0001" in group(smoke)["recipe"] and "milestones=[20, 40]" in group(smoke)["recipe"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root with its content hash."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_run_dirs_are_never_modified_and_the_report_is_not_read_back(table_root: Path):
+    before = snapshot(table_root)
+    first = build_report(table_root).read_text()
+    after = {k: v for k, v in snapshot(table_root).items() if not k.startswith("report/")}
+    assert after == before
+    (table_root / "broken").mkdir()
+    (table_root / "broken" / "summary.json").write_text("{not json")
+    second = build_report(table_root).read_text()
+    assert "Runs found: 16" in first and "Runs found: 16" in second and "Unreadable run dir" in second
+
+
+def test_cli_writes_report_md(table_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "cli-out"
+    assert main([str(table_root), "--out", str(out), "--profile", "paper"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    assert "Profile: **paper**" in (out / "report.md").read_text()
