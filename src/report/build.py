@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from src.report.provenance import deviations, provenance_section
-from src.report.runs import Run, collect_runs, unfinished_dirs
+from src.report.runs import Run, scan, unfinished_dirs
 from src.report.sections import figure_section, two_layer_section
 from src.report.table1 import render_fp, render_ordering, render_table1
 
@@ -95,7 +95,7 @@ def build_report(root: Path, out: Path | None = None, profile: str | None = None
     root = Path(root)
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    runs, bad = collect_runs(root, exclude=out)
+    runs, bad = scan(root, exclude=out)
     pipeline = read_pipeline(root, out)
     profile = profile or pipeline.get("profile") or "not stated (no --profile, no pipeline.json)"
     sections = [

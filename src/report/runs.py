@@ -51,8 +51,13 @@ def _read_yaml(path: Path) -> dict:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def collect_runs(root: Path, exclude: Path | None = None) -> tuple[list[Run], list[Path]]:
-    """Every run dir under root (any dir holding summary.json), sorted, and the dirs whose files did not parse.
+def collect_runs(root: Path, exclude: Path | None = None) -> list[Run]:
+    """Every run dir under root (any dir holding summary.json) whose files parse, sorted by path."""
+    return scan(root, exclude)[0]
+
+
+def scan(root: Path, exclude: Path | None = None) -> tuple[list[Run], list[Path]]:
+    """The runs under root and the run dirs whose files did not parse.
 
     ``exclude`` (the report's own output folder) is skipped, so a report written inside ROOT is never read back.
     """

@@ -84,7 +84,7 @@ def ste_order(found) -> list[str]:
     from src.quant.ste import STES  # the registry: one home for STE names and their order
 
     rest = [s for s in STES if s in found and s not in PAPER_STES]
-    return [*PAPER_STES, *rest, *sorted(set(found) - set(PAPER_STES) - set(rest))]
+    return [*PAPER_STES, *rest, *sorted(set(found) - set(PAPER_STES) - set(rest), key=str)]
 
 
 def fmt(x: float | None, metric: str, sign: bool = False) -> str:
