@@ -195,6 +195,7 @@ class Pipeline:
         if ran:
             write_figures(theory)
             (theory / "certificate.md").write_text(certificate_table() + "\n")
+        print((theory / "certificate.md").read_text(), flush=True)
         jobs = [
             {"experiment": "two_layer", "seed": s, "quant.bits": 1, "ste": ste}
             for s in self.p["seeds"]
