@@ -18,7 +18,11 @@ from src.train import train
 from tests.conftest import REPO
 from tests.runs import FAST, fast_cfg, make_cfg
 
-GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (REPO / "conf").iterdir() if p.is_dir()}
+GROUPS = {  # conf/pipeline holds make reproduce profiles, not a training group
+    p.name: sorted(f.stem for f in p.glob("*.yaml"))
+    for p in (REPO / "conf").iterdir()
+    if p.is_dir() and p.name != "pipeline"
+}
 PAPER_STES = ["identity", "relu", "clipped_relu"]
 MODELS = ["lenet5", "vgg11", "resnet20", "tiny", "two_layer"]
 
