@@ -368,3 +368,31 @@ def test_lenet5_2bit_clipped_relu_one_epoch_on_genuine_mnist(tmp_path, shared_da
         f"epoch {summary['epoch_time_s']:.1f} s"
     )
     assert summary["val_acc"] >= 97.0
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "ste=relu,clipped_relu",
+        "model=tiny",
+        f"paths.data_dir={data_root(tmp_path)}",
+        "data.verify_checksums=false",
+        "data.download=false",
+        "data.batch_size=16",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(json.loads(p.read_text())["ste"] for p in sweep.glob("*/summary.json")) == [
+        "clipped_relu",
+        "relu",
+    ]
