@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from src.config import ConfigError
 from src.train import train
 from tests.conftest import REPO
-from tests.runs import FAST, fast_cfg, make_cfg
+from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
 
 GROUPS = {  # conf/pipeline holds make reproduce profiles, not a training group
     p.name: sorted(f.stem for f in p.glob("*.yaml"))
@@ -300,25 +300,15 @@ def test_cli_unknown_group_option_names_the_choices(tmp_path):
     assert out.returncode != 0 and "Could not find 'ste/tanh'" in out.stderr and "clipped_relu" in out.stderr
 
 
-def test_multirun_gives_distinct_complete_run_dirs(tmp_path):
+def tiny_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``python -m src.train -m`` of the tiny model on tiny data, into tmp_path/sweep."""
     sweep = tmp_path / "sweep"
-    data = data_root(tmp_path)
-    out = cli(
-        "-m",
-        "ste=identity,relu,clipped_relu",
-        "model=tiny",
-        f"paths.data_dir={data}",
-        "data.verify_checksums=false",
-        "data.download=false",
-        "data.batch_size=16",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
+    fast = [*data_overrides("tiny", tmp_path / "data"), *FAST_TRAINER, f"hydra.sweep.dir={sweep}"]
+    return cli("-m", "model=tiny", *fast, *overrides, cwd=tmp_path), sweep
+
+
+def test_multirun_gives_distinct_complete_run_dirs(tmp_path):
+    out, sweep = tiny_sweep(tmp_path, "ste=identity,relu,clipped_relu")  # default logger: CSV and W&B
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in runs] == [f"{i}_tiny-cifar10-{s}-2bit-s0" for i, s in enumerate(PAPER_STES)]
@@ -328,12 +318,6 @@ def test_multirun_gives_distinct_complete_run_dirs(tmp_path):
         assert json.loads((run / "summary.json").read_text())["ste"] in PAPER_STES
         wandb_ids |= {p.name for p in (run / "wandb").glob("offline-run-*")}
     assert len(wandb_ids) == 3  # one W&B run per job, never shared
-
-
-def data_root(tmp_path: Path) -> Path:
-    from tests.runs import fake_data
-
-    return fake_data(tmp_path / "data")
 
 
 # ---- real data -----------------------------------------------------------------------------------------------
@@ -371,25 +355,8 @@ def test_lenet5_2bit_clipped_relu_one_epoch_on_genuine_mnist(tmp_path, shared_da
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    sweep = tmp_path / "sweep"
-    out = cli(
-        "-m",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "ste=relu,clipped_relu",
-        "model=tiny",
-        f"paths.data_dir={data_root(tmp_path)}",
-        "data.verify_checksums=false",
-        "data.download=false",
-        "data.batch_size=16",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        "logger=csv",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
+    out, sweep = tiny_sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "ste=relu,clipped_relu"
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(json.loads(p.read_text())["ste"] for p in sweep.glob("*/summary.json")) == [
