@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Iterator, Sequence
-from functools import partial
+from functools import partial, partialmethod
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,20 +40,21 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path = "data",
+        *,  # the per-dataset defaults below come from each subclass's partialmethod
         batch_size: int,
-        val_batch_size: int,
-        download: bool,
-        verify_checksums: bool,
-        on_device: bool,
         augment: bool,
-        train_subset: int | None,
-        val_subset: int | None,
-        seed: int,
         mean: Sequence[float],
         std: Sequence[float],
         crop_padding: int,
         hflip: bool,
+        val_batch_size: int = 1000,
+        download: bool = True,
+        verify_checksums: bool = True,
+        on_device: bool = False,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         check_positive(
@@ -153,40 +154,16 @@ class MNISTDataModule(ImageDataModule):
 
     files = MNIST_FILES
     in_channels, image_size = MNIST_FILES.shape[0], MNIST_FILES.shape[-1]
-
-    def __init__(
-        self,
-        root: str | Path = "data",
-        batch_size: int = 64,
-        val_batch_size: int = 1000,
-        download: bool = True,
-        verify_checksums: bool = True,
-        on_device: bool = False,
-        augment: bool = False,
-        train_subset: int | None = None,
-        val_subset: int | None = None,
-        seed: int = 0,
-        mean: Sequence[float] = (0.1307,),
-        std: Sequence[float] = (0.3081,),
-        crop_padding: int = 2,
-        hflip: bool = False,
-    ):
-        super().__init__(
-            root,
-            batch_size,
-            val_batch_size,
-            download,
-            verify_checksums,
-            on_device,
-            augment,
-            train_subset,
-            val_subset,
-            seed,
-            mean,
-            std,
-            crop_padding,
-            hflip,
-        )
+    # no augmentation (the usual choice; the paper states none); a mirrored digit is another symbol: never flip
+    __init__ = partialmethod(
+        ImageDataModule.__init__,
+        batch_size=64,
+        augment=False,
+        mean=(0.1307,),
+        std=(0.3081,),
+        crop_padding=2,
+        hflip=False,
+    )
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -194,37 +171,12 @@ class CIFAR10DataModule(ImageDataModule):
 
     files = CIFAR10_FILES
     in_channels, image_size = CIFAR10_FILES.shape[0], CIFAR10_FILES.shape[-1]
-
-    def __init__(
-        self,
-        root: str | Path = "data",
-        batch_size: int = 128,
-        val_batch_size: int = 1000,
-        download: bool = True,
-        verify_checksums: bool = True,
-        on_device: bool = False,
-        augment: bool = True,
-        train_subset: int | None = None,
-        val_subset: int | None = None,
-        seed: int = 0,
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2023, 0.1994, 0.2010),
-        crop_padding: int = 4,
-        hflip: bool = True,
-    ):
-        super().__init__(
-            root,
-            batch_size,
-            val_batch_size,
-            download,
-            verify_checksums,
-            on_device,
-            augment,
-            train_subset,
-            val_subset,
-            seed,
-            mean,
-            std,
-            crop_padding,
-            hflip,
-        )
+    __init__ = partialmethod(  # PAPER.md §5: crop 32 with 4-pixel padding, horizontal flip, these constants
+        ImageDataModule.__init__,
+        batch_size=128,
+        augment=True,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        crop_padding=4,
+        hflip=True,
+    )
