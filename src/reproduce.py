@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from src.provenance import REPO
+from src.report import build_report
 from src.theory import certificate_table
 from src.theory.figures import write_figures
 
@@ -204,8 +205,7 @@ class Pipeline:
         return self.run("two_layer", jobs, ("ste", "seed"), images=False, where="two_layer/runs") or ran
 
     def report(self) -> bool:
-        from src.report import build_report
-
+        """report.md and its figures under <out>/report."""
         path = build_report(self.out, profile=self.p["name"])
         print(f"report: {path}")
         return True

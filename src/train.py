@@ -15,9 +15,11 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from src.config import ConfigError, register_resolvers, validate
 from src.module import STEModule
@@ -122,9 +124,7 @@ def load_weights(module: STEModule, path: str) -> None:
 
 def finish_wandb(loggers) -> None:
     """Close the W&B run so the next job of a multirun starts its own."""
-    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
-        import wandb
-
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
         wandb.finish()
 
 
