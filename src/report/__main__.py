@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from src.report.build import build_report
+from src.report.build import NoRuns, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         parser.error(f"{args.root} is not a directory")
-    print(build_report(args.root, args.out, args.profile))
+    try:
+        print(build_report(args.root, args.out, args.profile))
+    except NoRuns as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

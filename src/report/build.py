@@ -6,18 +6,30 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
+from src.report.frame import run_table, write_runs_csv
 from src.report.provenance import deviations, provenance_section
-from src.report.runs import Run, scan, unfinished_dirs
-from src.report.sections import figure_section, two_layer_section
-from src.report.table1 import render_fp, render_ordering, render_table1
+from src.report.runs import Run, scan
+from src.report.sections import figure_section, table1_figures, two_layer_section
+from src.report.table1 import (
+    cells,
+    protocol_split,
+    render_apart,
+    render_best,
+    render_fp,
+    render_ordering,
+    render_table1,
+)
 
 GUIDE = (
     "This report compares our runs with Yin et al., ICLR 2019 (“Understanding Straight-Through Estimator in "
     "Training Activation Quantized Neural Nets”). Table 1 puts, for every (dataset, network, bit width) and STE, "
     "the paper's number beside ours: the mean ± sample standard deviation over the seeds that ran (n = runs "
     "with a finite value), and the difference ours − paper. Training loss is the last epoch's mean training loss "
-    "and accuracy the final epoch's validation accuracy, as in the paper; a run whose loss became NaN shows as "
-    "“diverged” and is left out of the mean. The ordering check tests the paper's claim clipped ReLU ≥ ReLU > "
+    "and accuracy the final epoch's validation accuracy, as in the paper (the best epoch's is shown beside it); a "
+    "run whose loss became non-finite shows as “diverged” with its reason and is left out of the mean; runs that "
+    "do not follow their row's protocol are listed apart, never averaged. Every run is one row of runs.csv. The ordering check tests the paper's claim clipped ReLU ≥ ReLU > "
     "identity. Figures 2 and 4 show the instability of an STE at good minima, the two-layer section the theory "
     "figures and our runs of the paper's model. Provenance says what ran where, with which code, libraries, "
     "data and epochs: read it before comparing any number with the paper."
@@ -40,6 +52,7 @@ def read_pipeline(root: Path, out: Path) -> dict:
 
 def off_protocol(runs: list[Run]) -> bool:
     """Whether any Table-1 or instability run deviates from the paper's epochs or data (smoke runs do)."""
+    runs = [r for r in runs if r.status in ("finished", "diverged")]
     groups = {(r.kind, r["model"]) for r in runs if r.kind in ("table1", "fig2", "fig4")}
     return any(
         deviations([r for r in runs if (r.kind, r["model"]) == g], *g).startswith("**no**") for g in groups
@@ -61,50 +74,62 @@ def header(root: Path, runs: list[Run], profile: str) -> str:
     return "\n".join(lines + [GUIDE, ""])
 
 
-def table1_section(runs: list[Run]) -> str:
-    """Table 1a (accuracy), 1b (loss), 1c (our FP pretraining) and the ordering check."""
-    head = "## Table 1\n\n"
-    fp = [r for r in runs if r.kind == "fp"]
+def table1_section(table: pd.DataFrame, out: Path) -> str:
+    """Table 1a (final accuracy), 1a′ (best epoch), 1b (loss), 1c (our FP pretraining), runs kept apart, figures
+    and the ordering check."""
+    in_table, others = protocol_split(table)
+    diverged = in_table[in_table["status"] == "diverged"]
+    fp = table[table["kind"] == "fp"]
     fp_part = (
         "### Table 1c: full-precision starting points (ours; the paper reports none)\n\n"
-        + render_fp(runs)
+        + render_fp(table)
         + "\n"
-        if fp
-        else "No full-precision (bits null) runs found.\n"
+        if len(fp)
+        else "No full-precision (bits null) runs.\n"
     )
-    if not any(r.kind == "table1" for r in runs):
-        return head + "No quantized Table-1 runs found.\n\n" + fp_part
+    apart = render_apart(others, diverged)
+    if in_table.empty:
+        return "## Table 1\n\nNo quantized Table-1 runs in the protocol.\n\n" + fp_part + "\n" + apart
+    acc = cells(in_table, "val_acc")
     return (
-        head
-        + "Cells: paper | ours, mean ± std (n) | Δ = ours − paper. Bit widths are activation bits; weights stay "
-        "float.\n\n### Table 1a: validation accuracy (%)\n\n"
-        + render_table1(runs, "val_acc")
-        + "\n\n### Table 1b: training loss\n\n"
-        + render_table1(runs, "train_loss")
-        + "\n\n"
-        + fp_part
-        + "\n## Ordering check\n\nThe paper (§1.2, §4.1): clipped ReLU ≥ vanilla ReLU > identity on mean "
-        "validation accuracy, claimed for the deeper VGG11 and ResNet20; other rows are shown for information.\n\n"
-        + render_ordering(runs)
-        + "\n"
+        "## Table 1\n\nCells: paper | ours, mean ± std (n) | Δ = ours − paper (Yin et al. 2019, §4.1, Table 1). "
+        "A cell averages runs that differ in their seed alone; a repeated seed counts once (its newest run) and "
+        "is flagged. Bit widths are activation bits; weights stay float.\n\n"
+        "### Table 1a: validation accuracy (%), final epoch (the paper's protocol)\n\n"
+        f"{render_table1(acc, 'val_acc')}\n\n"
+        "### Table 1a′: best validation accuracy (%) over the epochs, and at which epoch (ours only)\n\n"
+        f"{render_best(cells(in_table, 'val_acc_best'))}\n\n"
+        f"### Table 1b: training loss\n\n{render_table1(cells(in_table, 'train_loss'), 'train_loss')}\n\n"
+        f"{fp_part}\n{apart}\n{table1_figures(in_table, acc, out)}\n"
+        "## Ordering check\n\nThe paper (Yin et al. 2019, §1.2, §4.1): clipped ReLU ≥ vanilla ReLU > identity "
+        "on mean validation accuracy, claimed for the deeper VGG11 and ResNet20; other rows are shown for "
+        f"information.\n\n{render_ordering(acc)}\n"
     )
+
+
+class NoRuns(ValueError):
+    """ROOT holds no run dir."""
 
 
 def build_report(root: Path, out: Path | None = None, profile: str | None = None) -> Path:
-    """Read every run under root and write report.md plus its figures into out (default root/report)."""
+    """Read every run under root and write report.md, runs.csv and the figures into out (default root/report)."""
     root = Path(root)
     out = Path(out) if out else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
     runs, bad = scan(root, exclude=out)
+    if not runs:
+        raise NoRuns(f"no runs under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    table = run_table(runs)
+    write_runs_csv(table, out / "runs.csv")
     pipeline = read_pipeline(root, out)
     profile = profile or pipeline.get("profile") or "not stated (no --profile, no pipeline.json)"
     sections = [
         header(root, runs, profile),
-        table1_section(runs),
+        table1_section(table, out),
         figure_section("fig2", runs, out),
         figure_section("fig4", runs, out),
         two_layer_section(runs, root, out),
-        provenance_section(runs, pipeline, profile, bad, unfinished_dirs(root, runs, exclude=out)),
+        provenance_section(runs, pipeline, profile, bad),
     ]
     path = out / "report.md"
     path.write_text("\n".join(sections))

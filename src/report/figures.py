@@ -1,4 +1,4 @@
-"""Per-epoch curves as PNG (matplotlib, Agg): one figure function for Figures 2, 4 and the two-layer runs."""
+"""Figures as small PNGs (matplotlib, Agg): per-epoch curves with a seed band, and final accuracy as bars."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from src.report.runs import Curves  # noqa: E402
-
+DPI = 100  # ~40 runs' figures stay well under 2 MB
 LABELS = {
     "train/loss": "training loss",
     "val/acc": "validation accuracy (%)",
@@ -20,32 +20,60 @@ LABELS = {
 }
 
 
+def save(fig, path: Path, n_labels: int) -> Path:
+    """Legend below the axes (never over data), then a small PNG."""
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(n_labels, 4), fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(
-    curves: dict[str, Curves], metrics: tuple[str, ...], path: Path, title: str, switch: int | None = None
+    groups: dict[str, list[pd.DataFrame]], metrics: tuple[str, ...], path: Path, title: str, switch=None
 ) -> Path:
-    """One panel per metric, one line per labelled run, x = epoch (0 = the starting point); saved to path.
+    """One panel per metric, per label the mean over its runs' curves with a min–max band; x = epoch, 0 = start.
 
     ``switch``: the epoch where the learning rate leaves its hold (Figure 2's 1e-5 phase), drawn dashed.
     """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False, layout="constrained"
+    )
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for label, curve in curves.items():
-            xs, ys = curve.series(metric)
-            if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        for label, curves in groups.items():
+            series = [c[metric].dropna() for c in curves if metric in c]
+            if not any(len(s) for s in series):
+                continue
+            stats = pd.concat(series, axis=1).agg(["mean", "min", "max"], axis=1)  # epoch × (mean, min, max)
+            line = ax.plot(
+                stats.index, stats["mean"], marker="o" if len(stats) < 30 else None, ms=3, label=label
+            )
+            if len(series) > 1:
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.2)
         if switch is not None:
             ax.axvline(switch, color="gray", linestyle="--", linewidth=1, label=f"lr switch (epoch {switch})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set(xlabel="epoch", ylabel=LABELS.get(metric, metric))
         if metric == "val/population_loss":
             ax.set_yscale("log")  # the two-layer model's loss falls over orders of magnitude
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, len(groups) + (switch is not None))
+
+
+def plot_bars(bars: pd.DataFrame, order: list[str], path: Path, title: str) -> Path:
+    """Grouped bars: ``bars`` has one row per bit width and columns ("mean" | "std", STE); STEs in ``order``."""
+    order = [s for s in order if s in bars["mean"]]
+    means, stds = bars["mean"][order], bars["std"][order]
+    fig, ax = plt.subplots(
+        figsize=(1.2 + 1.1 * len(bars) * max(len(means.columns), 1) / 2, 3.6), layout="constrained"
+    )
+    means.plot.bar(yerr=stds.fillna(0), ax=ax, capsize=3, rot=0, legend=False, width=0.8)
+    low = means.min().min()
+    ax.set_ylim(max(0, low - 10) if pd.notna(low) else 0, 100)  # accuracy in %: zoom on the differences
+    ax.set(xlabel="bit width", ylabel="final validation accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path, len(means.columns))

@@ -15,7 +15,7 @@ KINDS = {
     "fig4": "Figure 4",
     "two_layer": "two-layer",
 }
-# Table 2's epochs (PAPER.md §5) and the instability runs' lengths (§6.2); the paper states none for FP pretraining
+# Yin et al. 2019, Table 2's epochs and the instability runs' lengths (§4.2, Figures 2 and 4); none for FP pretraining
 PAPER_EPOCHS = {("table1", "lenet5"): 50, ("table1", "vgg11"): 200, ("table1", "resnet20"): 200}
 PAPER_EPOCHS |= {("fig2", "resnet20"): 220, ("fig4", "resnet20"): 200}
 JPEG_NOTE = (
@@ -112,11 +112,21 @@ def protocol(runs: list[Run]) -> str:
             counted(r["max_epochs"] for r in group),
             counted(str(r["train_subset"]) for r in group),
             deviations(group, kind, model),
+            hours(sum(r["wall_time_s"] or 0 for r in group)),
             counted(settings(r) for r in group),
         ]
         for (kind, model, data), group in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))
     ]
-    header = ["group", "runs", "epochs run", "max_epochs", "train_subset", "paper's protocol", "recipe"]
+    header = [
+        "group",
+        "runs",
+        "epochs run",
+        "max_epochs",
+        "train_subset",
+        "paper's protocol",
+        "wall time",
+        "recipe",
+    ]
     return md_table(header, rows)
 
 
@@ -145,17 +155,28 @@ def hours(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
-def provenance_section(
-    runs: list[Run], pipeline: dict, profile: str, bad: list[Path], unfinished: list[Path]
-) -> str:
+def resumed(runs: list[Run]) -> list[str]:
+    """Bullets: every start (commit, time, host) of the runs that were started more than once."""
+    lines = []
+    for run in runs:
+        starts = run.provenance.get("starts") or []
+        if len(starts) > 1:
+            each = "; ".join(f"{s.get('time')} on {s.get('host')} at `{s.get('commit')}`" for s in starts)
+            lines.append(f"- `{run['run_name']}` ({len(starts)} starts): {each}")
+    return ["", "### Resumed runs", "", *lines] if lines else []
+
+
+def provenance_section(runs: list[Run], pipeline: dict, profile: str, bad: list[Path]) -> str:
     """The whole provenance section as markdown."""
     kinds = Counter(r.kind for r in runs)
     found = ", ".join(f"{KINDS[k]} {kinds[k]}" for k in KINDS if kinds[k])
     lines = ["## Provenance\n", f"- Profile: {profile}", f"- Runs found: {len(runs)} ({found or 'none'})"]
     lines += [f"- ⚠ Unreadable run dir (skipped): `{p}`" for p in bad]
-    lines += [f"- ⚠ Started but unfinished (no summary.json): `{p}`" for p in unfinished]
+    lines += [
+        f"- ⚠ Started but unfinished (no summary.json): `{r.path}`" for r in runs if r.status == "interrupted"
+    ]
     if runs:
         lines += code_and_hardware(runs) + ["", "### Data", ""] + data_sources(runs, pipeline)
-        lines += ["", "### Protocol actually run", "", protocol(runs)]
+        lines += ["", "### Protocol actually run", "", protocol(runs), *resumed(runs)]
     lines += ["", "### Wall time", ""] + wall_times(runs, pipeline)
     return "\n".join(lines) + "\n"

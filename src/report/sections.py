@@ -6,9 +6,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.report.figures import plot_curves
-from src.report.runs import Curves, Run, read_curves
-from src.report.table1 import PAPER_TABLE1, fmt, md_table
+import pandas as pd
+
+from src.report.figures import plot_bars, plot_curves
+from src.report.provenance import call, counted
+from src.report.runs import Run, read_curves
+from src.report.table1 import PAPER_TABLE1, fmt, md_table, row_label, ste_order
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,9 @@ FIGURES = {
         2,
         "fig2_identity_repelled",
         "figure2.png",
-        "Identity STE started from the good 4-bit ResNet-20 minima of the ReLU and clipped ReLU STEs (lr 1e-5 "
-        "for 20 epochs, then Table 2's schedule). Paper (Figure 2 legend, final values): CReLU 1.53 / 47.48 %, "
+        "Identity STE started from the good 4-bit ResNet-20 minima of the ReLU and clipped ReLU STEs (Yin et al. "
+        "2019, §4.2, Figure 2: lr 1e-5 for 20 epochs, then Table 2's schedule). Paper (Figure 2 legend, final "
+        "values): CReLU 1.53 / 47.48 %, "
         "ReLU 1.48 / 49.73 %; both end below the identity STE trained directly (54.16 %).",
         {"from_relu": RESNET4["relu"], "from_clipped_relu": RESNET4["clipped_relu"]},
         {"from_relu": (1.48, 49.73), "from_clipped_relu": (1.53, 47.48)},
@@ -39,8 +43,8 @@ FIGURES = {
         4,
         "fig4_relu_2bit",
         "figure4.png",
-        "ReLU STE at a constant lr 1e-5, started from the 2-bit ResNet-20 clipped ReLU minimum. Paper (Figure 4 "
-        "caption): it starts at 88.38 % validation accuracy, and both errors begin to increase.",
+        "ReLU STE at a constant lr 1e-5, started from the 2-bit ResNet-20 clipped ReLU minimum. Paper (Yin et "
+        "al. 2019, Figure 4 caption): it starts at 88.38 % validation accuracy, and both errors begin to increase.",
         {"from_clipped_relu": (RESNET2["clipped_relu"][0], 88.38)},
         {},
     ),
@@ -53,12 +57,20 @@ THEORY = {
 }
 
 
-def labelled_curves(runs: list[Run], label) -> list[tuple[str, Run, Curves]]:
+def labelled_curves(runs: list[Run], label) -> list[tuple[str, Run, pd.DataFrame]]:
     """(label, run, curves) per run: ``label(run)``, plus the seed when there are several, plus the dir on a tie."""
     seeds = {r["seed"] for r in runs}
     names = [label(r) + (f" s{r['seed']}" if len(seeds) > 1 else "") for r in runs]
     names = [n if names.count(n) == 1 else f"{n} ({r.path.name})" for n, r in zip(names, runs, strict=True)]
     return [(n, r, read_curves(r)) for n, r in zip(names, runs, strict=True)]
+
+
+def at(curve: pd.DataFrame, epoch: int, metric: str) -> float | None:
+    """One logged value, or None."""
+    if epoch not in curve.index or metric not in curve:
+        return None
+    value = curve.loc[epoch, metric]
+    return None if pd.isna(value) else float(value)
 
 
 def parent_run(run: Run, runs: list[Run]) -> Run | None:
@@ -79,50 +91,65 @@ def pair(loss: float | None, acc: float | None) -> str:
     return f"{fmt(loss, 'train_loss')} / {fmt(acc, 'val_acc')}"
 
 
-def start_from_parent(run: Run, curve: Curves, runs: list[Run]) -> bool:
-    """Put the starting run's final training loss at epoch 0 (the step-0 row logs validation only)."""
+def start_from_parent(run: Run, curve: pd.DataFrame, runs: list[Run]) -> bool:
+    """Put the starting run's final training loss at epoch 0 (epoch 0 is validated, not trained)."""
     parent = parent_run(run, runs)
-    if parent is None or "train/loss" in curve.start or parent.value("train_loss") is None:
+    if parent is None or 0 not in curve.index or at(curve, 0, "train/loss") is not None:
         return False
-    curve.start["train/loss"] = parent.value("train_loss")
+    if parent.value("train_loss") is None:
+        return False
+    curve.loc[0, "train/loss"] = parent.value("train_loss")
     return True
 
 
-def figure_row(label: str, run: Run, curve: Curves, spec: FigureSpec) -> list[str]:
+def figure_row(label: str, run: Run, curve: pd.DataFrame, spec: FigureSpec) -> list[str]:
     """Run, epochs, ours at start and end, and the paper's start and end (loss / acc %)."""
-    final = "diverged" if run["diverged"] else pair(run.value("train_loss"), run.value("val_acc"))
+    final = f"{run.status}: {run['reason']}" if run.status != "finished" else None
+    final = final or pair(run.value("train_loss"), run.value("val_acc"))
     paper = [spec.paper_start.get(run["tag"]), spec.paper_final.get(run["tag"])]
-    start = pair(curve.start.get("train/loss"), curve.start.get("val/acc"))
-    return [
-        label,
-        f"{run['epochs']} / {run['max_epochs']}",
-        start,
-        final,
-        *(pair(*p) if p else "—" for p in paper),
-    ]
+    start = pair(at(curve, 0, "train/loss"), at(curve, 0, "val/acc"))
+    epochs = f"{run['epochs']} / {run['max_epochs']}"
+    return [label, epochs, start, final, *(pair(*p) if p else "—" for p in paper)]
+
+
+def what_ran(runs: list[Run]) -> tuple[str, int | None]:
+    """Our schedule as the runs' configs state it (Figure 2's real hold length), and the lr switch epoch."""
+    recipes, holds = [], set()
+    for run in runs:
+        sched, lr = run.config.get("scheduler") or {}, (run.config.get("optimizer") or {}).get("lr")
+        hold = sched.get("hold_epochs")
+        holds.add(hold)
+        recipe = f"{run['max_epochs']} epochs, {call(sched)} from lr {lr}"
+        if hold is not None and lr is not None:
+            recipe = (
+                f"lr {lr * sched.get('hold_factor', 1):g} for {hold} epochs, then {call(sched.get('then'))}"
+            )
+            recipe += f" from lr {lr}; {run['max_epochs']} epochs in all"
+        recipes.append(recipe)
+    switch = next(iter(holds)) if len(holds) == 1 else None  # one line only when all runs switch together
+    return f"Ours: {counted(recipes)}.", switch
 
 
 def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     """Figure 2 or 4: the PNG of training loss and validation accuracy per epoch, and start/final numbers."""
     spec = FIGURES[kind]
-    mine = [r for r in runs if r.kind == kind]
-    head = f"## Figure {spec.number}\n\n"
+    mine = [r for r in runs if r.kind == kind and r.status != "interrupted"]
     if not mine:
-        return head + f"No Figure {spec.number} runs (experiment `{spec.experiment}`) found.\n"
+        return f"No Figure {spec.number} runs (experiment `{spec.experiment}`).\n"
     curves = labelled_curves(mine, lambda r: r["tag"] or r["run_name"])
     from_parent = [start_from_parent(run, curve, runs) for _, run, curve in curves]
-    holds = {(r.config.get("scheduler") or {}).get("hold_epochs") for r in mine} - {None}
-    switch = holds.pop() if len(holds) == 1 else None  # one line only when all runs switch at the same epoch
+    ours, switch = what_ran(mine)
     title = f"Figure {spec.number} (ours)"
-    plot_curves({c[0]: c[2] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
-    note = " Epoch 0's training loss is the starting run's final training loss (its summary)."
-    note = note if any(from_parent) else ""
+    plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
+    note = " Epoch 0's training loss is the starting run's final training loss (its summary)." * any(
+        from_parent
+    )
     header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final"]
     rows = [figure_row(*c, spec) for c in curves]
     return (
-        f"{head}![Figure {spec.number}]({spec.file})\n\n*{spec.caption} Ours: epoch 0 is the starting point's "
-        f"validation, epoch e + 1 the state after epoch e.{note}*\n\nTraining loss / validation accuracy (%):\n\n"
-        f"{md_table(header, rows)}\n"
+        f"## Figure {spec.number}\n\n![Figure {spec.number}]({spec.file})\n\n*{spec.caption} {ours} Epoch 0 is "
+        f"the starting point's validation, epoch e the state after epoch e.{note}*\n\nTraining loss / "
+        f"validation accuracy (%):\n\n{md_table(header, rows)}\n"
     )
 
 
@@ -149,25 +176,68 @@ def theory_parts(root: Path, out: Path) -> list[str]:
     return parts or ["No theory outputs (figure1.png, cgd_*.png, certificate.md) found.\n"]
 
 
-def population_row(label: str, run: Run, curve: Curves) -> list[str]:
+def population_row(label: str, run: Run, curve: pd.DataFrame) -> list[str]:
     """STE, epochs, and the population loss at the start and end, and the final training loss."""
     show = lambda v: f"{v:.4g}" if v is not None else "—"  # noqa: E731
     final = [run.value(m) for m in ("population_loss", "train_loss")]
-    final = ["diverged"] * 2 if run["diverged"] else [show(v) for v in final]
+    final = [run.status] * 2 if run.status != "finished" else [show(v) for v in final]
     epochs = f"{run['epochs']} / {run['max_epochs']}"
-    return [label, epochs, show(curve.start.get("val/population_loss")), *final]
+    return [label, epochs, show(at(curve, 0, "val/population_loss")), *final]
 
 
 def two_layer_section(runs: list[Run], root: Path, out: Path) -> str:
     """The two-layer model: the theory outputs, then our runs' population loss per epoch (one curve per STE)."""
     parts = ["## Two-layer model\n", *theory_parts(root, out)]
-    mine = [r for r in runs if r.kind == "two_layer"]
+    mine = [r for r in runs if r.kind == "two_layer" and r.status != "interrupted"]
     if not mine:
         return "\n".join(parts + ["No two-layer runs found.\n"])
     curves = labelled_curves(mine, lambda r: r["ste"])
     title = "Two-layer model: population loss (ours)"
-    plot_curves({c[0]: c[2] for c in curves}, ("val/population_loss",), out / "two_layer.png", title)
+    plot_curves({c[0]: [c[2]] for c in curves}, ("val/population_loss",), out / "two_layer.png", title)
     header = ["STE", "epochs run / max", "start population loss", "final population loss", "final train loss"]
     caption = "*Our two-layer runs through the framework: population loss f(v, w) (Lemma 1) per epoch.*\n"
     table = md_table(header, [population_row(*c) for c in curves])
     return "\n".join(parts + ["![two-layer runs](two_layer.png)\n", caption, table + "\n"])
+
+
+def slug(key) -> str:
+    """A file name part for a Table-1 row key: ('cifar10', 'vgg11', 2, 'pact') -> 'cifar10_vgg11_2bit_pact'."""
+    data, model, bits, *variant = key
+    text = "_".join([str(data), str(model), f"{bits}bit", *variant])
+    return "".join(c if c.isalnum() or c in "_-." else "-" for c in text)
+
+
+def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
+    """Per Table-1 row: loss and accuracy per epoch per STE (mean, min–max band over seeds); per (data, model):
+    final accuracy per STE and bit width as bars with std error bars."""
+    if in_table.empty:
+        return ""
+    parts = ["### Table 1 figures\n"]
+    counted_runs = in_table[in_table["status"] == "finished"].sort_values(
+        ["started", "path"], na_position="first"
+    )
+    for key, rows in counted_runs.groupby("key", sort=False):
+        newest = rows.groupby(["column", "seed"], dropna=False).tail(1)  # a repeated seed counts once
+        groups = {ste: [read_curves(r) for r in g["run"]] for ste, g in newest.groupby("column", sort=False)}
+        name = f"table1_{slug(key)}.png"
+        title = " ".join(row_label(key)) + " bit: mean over seeds, band min–max"
+        plot_curves(groups, ("train/loss", "val/acc"), out / name, title)
+        parts.append(f"![{name}]({name})\n")
+    cells = [
+        {"data": k[0], "model": k[1], "row": row_label(k)[2], "ste": ste, "mean": c.mean, "std": c.std}
+        for k, row in acc.items()
+        for ste, c in row.items()
+    ]
+    for (data, model), group in pd.DataFrame(cells).groupby(["data", "model"], sort=False):
+        bars = group.pivot(index="row", columns="ste", values=["mean", "std"]).astype(
+            float
+        )  # rows × (stat, ste)
+        name = f"bars_{slug((data, model, 'all'))}.png"
+        net = " ".join(row_label((data, model, None))[:2])
+        plot_bars(bars, ste_order(group["ste"]), out / name, f"{net}: final accuracy, ± std over seeds")
+        parts.append(f"![{name}]({name})\n")
+    caption = (
+        "*Curves: epoch 0 is the starting point (the FP checkpoint, validated before training); diverged runs "
+        "are not drawn. Bars: final-epoch accuracy, mean over seeds, error bar = sample std.*\n"
+    )
+    return "\n".join(parts + [caption])
