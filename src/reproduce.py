@@ -3,18 +3,24 @@
 Stages, in order (PAPER.md §5-6): full-precision pretraining → Table 1 sweeps (STE × bits × seed, each from its
 FP checkpoint) → Figure 2 (identity STE from the 4-bit relu / clipped_relu minima) → Figure 4 (relu STE from the
 2-bit clipped_relu minimum) → the two-layer model (theory figures, certificate, training per STE) → report.
-Runs land in <out>/<stage>/<run_name>/; a run whose summary.json exists is skipped, so re-running after an
-interruption continues (an unfinished run is moved aside to <run>.interrupted-<time> and started again).
+Runs land in <out>/<stage>/<run_name>/; a run whose summary.json says finished or diverged is skipped, so re-running
+after an interruption continues: an unfinished or failed run is launched again into its own dir, where src.train
+resumes it from checkpoints/last.ckpt. One pipeline per out dir (<out>/.lock); stopping the pipeline (SIGTERM,
+Ctrl-C, even SIGKILL) stops its training processes too. <out>/pipeline.json keeps every attempt of every stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 
@@ -29,6 +35,35 @@ PROFILES = REPO / "conf" / "pipeline"
 Job = (
     dict  # src.train overrides {key: value}; always names experiment, seed, and ste + quant.bits or quant=fp
 )
+DONE = ("finished", "diverged")  # a run with either status is not launched again; "failed" ones are
+# Seconds a multirun has after SIGTERM (Lightning stops at the next batch end) before its group is SIGKILLed.
+GRACE_S = 30
+
+# The first process of every multirun, leader of the multirun's own process group. It dies with the pipeline
+# (PR_SET_PDEATHSIG: also when the pipeline is SIGKILLed and can clean up nothing) and then stops its whole group:
+# src.train and the workers of a launcher such as joblib, which stay in the group.
+# argv: the pipeline's pid, GRACE_S, the command.
+SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys
+class Stop(Exception): pass
+def stop(*_): raise Stop
+signal.signal(signal.SIGTERM, stop)
+child = None
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):  # the pipeline died before prctl
+        raise Stop
+    child = subprocess.Popen(sys.argv[3:])
+    sys.exit(child.wait())
+except Stop:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    try:
+        child and child.wait(float(sys.argv[2]))
+    except subprocess.TimeoutExpired:
+        pass
+    os.killpg(0, signal.SIGKILL)  # what is left of the group, this process included
+"""
 
 
 def load_profile(name: str) -> dict:
@@ -43,12 +78,13 @@ def load_profile(name: str) -> dict:
 
 
 def summaries(stage_dir: Path) -> list[dict]:
-    """Every finished run of a stage (its summary.json)."""
-    return [json.loads(p.read_text()) for p in sorted(stage_dir.glob("*/summary.json"))]
+    """Every done run of a stage: its summary.json says finished or diverged (older ones say neither: finished)."""
+    runs = [json.loads(p.read_text()) for p in sorted(stage_dir.glob("*/summary.json"))]
+    return [run for run in runs if run.get("status", "finished") in DONE]
 
 
 def matches(run: dict, job: Job) -> bool:
-    """Whether a finished run (summary.json) is ``job``."""
+    """Whether a done run (summary.json) is ``job``."""
     want = {
         "experiment": job["experiment"],
         "seed": job["seed"],
@@ -61,12 +97,12 @@ def matches(run: dict, job: Job) -> bool:
 
 
 def find(stage_dir: Path, job: Job) -> dict | None:
-    """The finished run of ``job`` in stage_dir, if any."""
+    """The done run of ``job`` in stage_dir, if any."""
     return next((run for run in summaries(stage_dir) if matches(run, job)), None)
 
 
 def checkpoint_of(stage_dir: Path, job: Job) -> str:
-    """The last checkpoint of a finished earlier-stage run: where a later stage starts."""
+    """The last checkpoint of a done earlier-stage run: where a later stage starts."""
     run = find(stage_dir, job)
     if run is None or run["diverged"]:
         raise SystemExit(
@@ -77,10 +113,8 @@ def checkpoint_of(stage_dir: Path, job: Job) -> str:
 
 
 def launch(stage_dir: Path, jobs: list[Job], sweep: tuple[str, ...], overrides: list[str], launcher) -> bool:
-    """Run the unfinished jobs as Hydra multiruns over the ``sweep`` keys; False if all had finished already."""
-    for config in stage_dir.glob("*/config.yaml"):  # started, never finished: keep it aside, start it again
-        if not (config.parent / "summary.json").exists():
-            config.parent.rename(f"{config.parent}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
+    """Run the jobs not done yet as Hydra multiruns over the ``sweep`` keys; False if all were done already.
+    An unfinished or failed run is launched again as it is: it lands in its own dir and src.train resumes it."""
     todo = [job for job in jobs if find(stage_dir, job) is None]
     for args in sweeps(todo, sweep):
         run_hydra(stage_dir, args + overrides, launcher)
@@ -106,12 +140,13 @@ def sweeps(jobs: list[Job], keys: tuple[str, ...]) -> list[list[str]]:
     return calls
 
 
-def run_hydra(stage_dir: Path, args: list[str], launcher: str | None) -> None:
-    """One ``python -m src.train -m`` call; its output goes to <stage_dir>/logs/, a failure stops the pipeline."""
-    logs = stage_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(logs.iterdir()))}.log"
-    cmd = [
+class JobsFailed(Exception):
+    """A multirun exited non-zero; the message names its failed jobs (or its last log line) and the log."""
+
+
+def train_command(stage_dir: Path, args: list[str], launcher: str | None) -> list[str]:
+    """The ``python -m src.train -m`` call of one multirun, its runs landing in <stage_dir>/<run_name>."""
+    return [
         sys.executable,
         "-m",
         "src.train",
@@ -121,14 +156,47 @@ def run_hydra(stage_dir: Path, args: list[str], launcher: str | None) -> None:
         "hydra.sweep.subdir=${run_name}",
         *([f"hydra/launcher={launcher}"] if launcher else []),
     ]
+
+
+def run_hydra(stage_dir: Path, args: list[str], launcher: str | None) -> None:
+    """One multirun, its output in <stage_dir>/logs/; raises JobsFailed when it exits non-zero."""
+    logs = stage_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(logs.iterdir()))}.log"
+    cmd = train_command(stage_dir, args, launcher)
     print(f"[{stage_dir.name}] {' '.join(args)}", flush=True)
+    start = time.time()
     with open(log, "w") as out:
         out.write(" ".join(cmd) + "\n")
         out.flush()
-        code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = supervised(cmd, out)
     if code:
+        failed = failed_jobs(stage_dir, since=start)
         last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"error: stage {stage_dir.name} failed ({last}); log: {log}")
+        raise JobsFailed(f"{failed or last}; log: {log}")
+
+
+def supervised(cmd: list[str], out) -> int:
+    """Run cmd under SUPERVISOR in a process group of its own; if this process is stopped (KeyboardInterrupt,
+    which SIGTERM raises too), stop that group and wait for it, so no training process outlives the pipeline."""
+    argv = [sys.executable, "-c", SUPERVISOR, str(os.getpid()), str(GRACE_S), *cmd]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()  # the supervisor SIGKILLs what is left of its group after GRACE_S
+
+
+def failed_jobs(stage_dir: Path, since: float) -> str:
+    """'N jobs failed: <run> (<reason>), ...' from the summaries written since ``since`` with status failed."""
+    paths = [p for p in sorted(stage_dir.glob("*/summary.json")) if p.stat().st_mtime >= since]
+    failed = [
+        (p.parent.name, run) for p in paths if (run := json.loads(p.read_text())).get("status") == "failed"
+    ]
+    jobs = ", ".join(f"{name} ({run.get('reason') or 'no reason given'})" for name, run in failed)
+    return f"{len(failed)} job{'s' * (len(failed) != 1)} failed: {jobs}" if failed else ""
 
 
 class Pipeline:
@@ -212,24 +280,115 @@ class Pipeline:
 
 
 def main(argv=None) -> None:
-    """Parse the command line and run the profile's stages in order, recording their wall times."""
+    """Parse the command line, take <out>/.lock and run the profile's stages in order, recording each attempt."""
     args = parse_args(argv)
     profile = load_profile(args.profile) | {"name": args.profile}
     if args.seeds:
-        profile["seeds"] = [int(s) for s in args.seeds.split(",")]
+        profile["seeds"] = args.seeds
     out = Path(args.out or REPO / "outputs" / "reproduce" / args.profile)
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}
-    record |= {"profile": args.profile, "seeds": profile["seeds"], "data_note": args.data_note}
-    pipeline = Pipeline(profile, out, args.launcher, args.extra)
-    for stage in profile["stages"]:
-        if stage == "report":
-            record_path.write_text(json.dumps(record, indent=2))
-        start = time.perf_counter()
-        ran = getattr(pipeline, stage)()
-        record["stages"][stage] = {"wall_time_s": time.perf_counter() - start, "skipped": not ran}
+    with pipeline_lock(out), sigterm_interrupts():
+        record_path = out / "pipeline.json"
+        record = read_record(record_path) | {
+            "profile": args.profile,
+            "seeds": profile["seeds"],
+            "data_note": args.data_note,
+        }
+        pipeline = Pipeline(profile, out, args.launcher, args.extra)
+        for stage in profile["stages"]:
+            if stage == "report":
+                record_path.write_text(json.dumps(record, indent=2))
+            run_stage(pipeline, stage, record, record_path)
+
+
+def run_stage(pipeline: Pipeline, stage: str, record: dict, record_path: Path) -> None:
+    """One attempt at a stage, appended to its history in pipeline.json however it ends."""
+    attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": None, "status": "interrupted"}
+    start = time.perf_counter()
+    try:
+        attempt["status"] = "ran" if getattr(pipeline, stage)() else "skipped"
+    except JobsFailed as err:
+        attempt["status"] = "failed"
+        raise SystemExit(f"error: stage {stage} failed: {err}") from None
+    except SystemExit:
+        attempt["status"] = "failed"
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit(f"error: pipeline stopped during stage {stage}; re-run it to resume") from None
+    finally:
+        attempt["wall_time_s"] = time.perf_counter() - start
+        record["stages"][stage] = with_attempt(record["stages"].get(stage), attempt)
         record_path.write_text(json.dumps(record, indent=2))
+
+
+def with_attempt(stage: dict | None, attempt: dict) -> dict:
+    """A stage's record plus one attempt. ``wall_time_s`` (time spent working: all attempts but skips) and
+    ``skipped`` (every attempt was a skip) summarise the ``attempts`` for readers of the older flat record."""
+    old = stage or {}
+    attempts = old.get("attempts", [legacy_attempt(old)] if old else []) + [attempt]
+    worked = [a for a in attempts if a["status"] != "skipped"]
+    return {
+        "wall_time_s": sum(a["wall_time_s"] or 0 for a in worked),
+        "skipped": not worked,
+        "attempts": attempts,
+    }
+
+
+def legacy_attempt(stage: dict) -> dict:
+    """The one attempt a stage record written before attempts were kept stands for (its start unknown)."""
+    return {
+        "started": None,
+        "wall_time_s": stage.get("wall_time_s"),
+        "status": "skipped" if stage.get("skipped") else "ran",
+    }
+
+
+def read_record(path: Path) -> dict:
+    """pipeline.json as the last run left it (a fresh record when there is none or it does not parse)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"stages": {}}
+
+
+@contextmanager
+def pipeline_lock(out: Path):
+    """Create ``out`` and hold an flock on <out>/.lock while the pipeline runs: a second pipeline on the same dir
+    is refused in one line, and the kernel drops the lock of a process that died, so a stale lock cannot exist."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "a+")
+    except OSError as err:
+        raise SystemExit(f"error: cannot write to --out {out}: {err.strerror}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "unknown"
+            raise SystemExit(f"error: another pipeline is running on {out} (pid {owner})") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so a stopped pipeline stops its multirun and records
+    the attempt (Python's default for SIGTERM is to die on the spot, leaving the children running)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def seed_list(text: str) -> list[int]:
+    """--seeds 0,1,2 as [0, 1, 2]."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
 
 
 def parse_args(argv):
@@ -239,7 +398,7 @@ def parse_args(argv):
     parser.add_argument(
         "--profile", default="smoke", help="conf/pipeline/<profile>.yaml: paper, smoke or demo"
     )
-    parser.add_argument("--seeds", help="comma-separated seeds (default: the profile's)")
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--launcher", help="Hydra launcher for the sweeps, e.g. joblib or submitit_slurm")
     parser.add_argument("--out", help="output directory (default outputs/reproduce/<profile>)")
     parser.add_argument(

@@ -1,5 +1,5 @@
-"""The pipeline behind `make reproduce`: profiles, sweep grouping, skipping finished runs, finding checkpoints, and
-the smoke profile end to end with its report checked against the runs."""
+"""The pipeline behind `make reproduce`: profiles, sweep grouping, skipping done runs, finding checkpoints, and
+the smoke profile end to end with its report checked against the runs (faults: tests/test_pipeline_faults.py)."""
 
 import json
 import math
@@ -61,19 +61,24 @@ def finished(stage: Path, name: str, **fields) -> Path:
     return run
 
 
-def test_launch_skips_finished_runs_and_restarts_unfinished_ones(tmp_path, monkeypatch):
+def test_launch_skips_done_runs_and_relaunches_unfinished_and_failed_ones_in_place(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(reproduce, "run_hydra", lambda stage, args, launcher: calls.append(args))
     stage = tmp_path / "table1"
-    finished(stage, "done", ste="relu")
+    finished(stage, "done", ste="relu")  # an older summary without "status": finished
+    finished(stage, "diverged", ste="clipped_relu", status="diverged", diverged=True)
+    finished(stage, "failed", ste="ewgs", status="failed", reason="boom")
     (stage / "half").mkdir()
     (stage / "half" / "config.yaml").write_text("seed: 0\n")  # started, interrupted before summary.json
-    jobs = [{"experiment": "e", "seed": 0, "quant.bits": 2, "ste": s} for s in ("identity", "relu")]
+    stes = ("identity", "relu", "clipped_relu", "ewgs")
+    jobs = [{"experiment": "e", "seed": 0, "quant.bits": 2, "ste": s} for s in stes]
     assert reproduce.launch(stage, jobs, ("ste",), ["trainer=cpu"], None)
-    assert calls == [["experiment=e", "seed=0", "quant.bits=2", "ste=identity", "trainer=cpu"]]
-    assert not (stage / "half").exists() and len(list(stage.glob("half.interrupted-*"))) == 1
+    assert calls == [["experiment=e", "seed=0", "quant.bits=2", "ste=ewgs,identity", "trainer=cpu"]]
+    # src.train resumes an unfinished run in its own dir: nothing is moved aside
+    assert sorted(p.name for p in stage.iterdir()) == ["diverged", "done", "failed", "half"]
     calls.clear()
     finished(stage, "done2", ste="identity")
+    finished(stage, "done3", ste="ewgs", status="finished")
     assert not reproduce.launch(stage, jobs, ("ste",), [], None) and calls == []
 
 
@@ -119,10 +124,13 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         cell = cells[(run["data"], run["model"], run["bits"])][run["ste"]]
         assert cell.n == 1 and math.isclose(cell.mean, run["val_acc"]) and f"{run['val_acc']:.2f}" in report
     assert "synthetic test files" in report
-    # a second call finds every stage done and only rewrites the report
+    # a second call finds every stage done and only rewrites the report; the first call's times are kept
     reproduce.main(["--profile", "smoke", "--out", str(out), *extra])
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
-    assert all(stages[s]["skipped"] for s in stages if s != "report")
+    for name, stage in stages.items():
+        first, second = stage["attempts"]
+        assert first["status"] == "ran" and stage["wall_time_s"] >= first["wall_time_s"] > 0
+        assert second["status"] == ("ran" if name == "report" else "skipped")
 
 
 def test_make_targets_are_documented():
