@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import uuid
+import zipfile
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.models import MODELS
@@ -39,6 +44,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
 
+# Root keys a run config may hold: conf/train.yaml's, Hydra's, and those other conf/ changes are adding.
+ROOT_KEYS = frozenset(
+    {"seed", "tag", "run_name", "paths", "init", "resume", "callbacks", "hydra"}
+    | {"model", "data", "ste", "quant", "optimizer", "scheduler", "trainer", "logger"}
+    | {"divergence", "channels_last", "compile", "diagnostics"}
+)
+# Hydra's own keys in a node with a _target_: not arguments of the target.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -52,15 +67,54 @@ def _wrap(check, *args, **kwargs):
         raise ConfigError(str(err)) from None
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is an int to Python
+
+
+def _integer(value, key: str, minimum: int = 1) -> None:
+    _check(_is_int(value), f"{key} must be an integer, got {value!r}")
+    _check(value >= minimum, f"{key} must be >= {minimum}, got {value!r}")
+
+
+def _number(value, key: str) -> None:
+    """A finite int or float: `optimizer.lr=abc` arrives as a string and `lr=inf` as a float."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    _check(ok, f"{key} must be a finite number, got {value!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs before any work starts; raise ConfigError with one line otherwise."""
-    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
+    unknown = sorted(set(cfg) - ROOT_KEYS)
+    _check(not unknown, f"unknown root key(s) {', '.join(unknown)}; valid: {', '.join(sorted(ROOT_KEYS))}")
+    _check(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
     validate_activation(cfg)
     _check(
         cfg.model.name in MODELS,
         f"unknown model {cfg.model.name!r}; valid names: {', '.join(sorted(MODELS))}",
     )
+    validate_optimizer(cfg)
+    _integer(cfg.trainer.max_epochs, "trainer.max_epochs")
+    validate_data(cfg)
+    check_arguments(cfg.trainer, "trainer")
+    for group in ("logger", "callbacks"):
+        for name, node in cfg[group].items():
+            if node:  # a logger or callback switched off is null
+                check_arguments(node, f"{group}.{name}")
+    for key in ("init.checkpoint", "resume"):
+        path = OmegaConf.select(cfg, key)
+        if path is not None:
+            check_checkpoint(path, key)
+    two_layer, gaussian = cfg.model.name == "two_layer", "GaussianDataModule" in cfg.data._target_
+    _check(two_layer == gaussian, "model=two_layer goes with data=gaussian (and only with it)")
+
+
+def validate_optimizer(cfg: DictConfig) -> None:
+    """lr, weight decay and momentum are finite numbers in range; then build the optimizer and scheduler on a
+    dummy parameter, so an unknown key (+optimizer.foo=1) or a value torch rejects fails here, not in fit."""
     opt = cfg.optimizer
+    for name in ("lr", "weight_decay", "momentum"):
+        if name in opt:
+            _number(opt[name], f"optimizer.{name}")
     _check(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
     _check(
         opt.get("weight_decay", 0) >= 0, f"optimizer.weight_decay must be >= 0, got {opt.get('weight_decay')}"
@@ -68,13 +122,73 @@ def validate(cfg: DictConfig) -> None:
     _check(
         0 <= opt.get("momentum", 0) < 1, f"optimizer.momentum must lie in [0, 1), got {opt.get('momentum')}"
     )
-    _check(cfg.trainer.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}")
-    _check(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
-    for key in ("init.checkpoint", "resume"):
-        path = OmegaConf.select(cfg, key)
-        _check(path is None or Path(path).is_file(), f"{key}: no checkpoint file at {path}")
-    two_layer, gaussian = cfg.model.name == "two_layer", "GaussianDataModule" in cfg.data._target_
-    _check(two_layer == gaussian, "model=two_layer goes with data=gaussian (and only with it)")
+    optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    _build("scheduler", cfg.scheduler, optimizer)
+
+
+def _build(key: str, node: DictConfig, argument):
+    """instantiate(node)(argument), with whatever the constructor rejects as one line naming the group."""
+    try:
+        return instantiate(node)(argument)
+    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, Hydra's wrappers: all the user's input
+        raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
+
+
+def validate_data(cfg: DictConfig) -> None:
+    """Sizes are integers >= 1 (null subsets mean 'all') and every key is an argument of the datamodule."""
+    for name in ("batch_size", "val_batch_size", "batches_per_epoch", "val_samples", "m", "n"):
+        if name in cfg.data:
+            _integer(cfg.data[name], f"data.{name}")
+    for name in ("train_subset", "val_subset"):  # whether they fit the dataset is known once it is read
+        if cfg.data.get(name) is not None:
+            _integer(cfg.data[name], f"data.{name}")
+    check_arguments(cfg.data, "data")
+    sizes = [k for k in cfg.model if k not in HYDRA_KEYS | {"name"}]  # the architecture's own arguments
+    _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
+
+
+def check_arguments(node: DictConfig, key: str) -> None:
+    """Every key of a `_target_` node is an argument of its target (Hydra would fail later, in many lines)."""
+    try:
+        target = get_object(node._target_)
+    except Exception as err:  # noqa: BLE001 - an unimportable target is the user's typo too
+        raise ConfigError(f"{key}._target_: cannot import {node._target_!r} ({type(err).__name__})") from None
+    _check_keys(target, [k for k in node if k not in HYDRA_KEYS], key)
+
+
+def _check_keys(target, keys, key: str, skip=frozenset()) -> None:
+    params = inspect.signature(target).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return  # takes any keyword: nothing to compare against
+    unknown = sorted(set(keys) - set(params))
+    valid = ", ".join(p for p in params if p not in skip)
+    _check(not unknown, f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {valid}")
+
+
+def checkpoint_file(path: str) -> Path:
+    """The checkpoint file `path` names: the file itself, or a run directory's checkpoints/last.ckpt."""
+    path = Path(path).expanduser()
+    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+
+
+def check_checkpoint(path: str, key: str) -> dict:
+    """Load a checkpoint (weights_only=True: Lightning's own load as tensors and plain containers) and return
+    it; a missing, truncated or foreign file, or one without a state_dict, is a one-line ConfigError."""
+    file = checkpoint_file(path)
+    if Path(path).is_dir():
+        _check(file.is_file(), f"{key}: {path} is a directory without checkpoints/last.ckpt")
+    _check(file.is_file(), f"{key}: no checkpoint file at {path}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        # torch says "Invalid argument" for a truncated archive: name the likely cause instead
+        reason = "truncated, or not a torch.save file" if not zipfile.is_zipfile(file) else str(err)
+        raise ConfigError(f"{key}: {file} is not a readable checkpoint ({reason.splitlines()[0]})") from None
+    _check(
+        isinstance(state, dict) and isinstance(state.get("state_dict"), dict),
+        f"{key}: {file} holds no state_dict (not a checkpoint of this project's runs)",
+    )
+    return state
 
 
 def validate_activation(cfg: DictConfig) -> None:
