@@ -1,0 +1,231 @@
+"""The pipeline under faults: a second pipeline on the same out dir, the pipeline killed (SIGKILL, SIGTERM) while a
+multirun runs, a multirun with a failed job, bad arguments, and the per-stage attempt history.
+
+Most tests run the real pipeline (lock, supervisor, process groups) on a one-stage profile written to tmp_path,
+with a stand-in for ``python -m src.train -m`` that writes like a multirun (and forks like joblib's workers), so
+they take seconds; one test kills a real src.train multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src import reproduce
+from tests.conftest import REPO
+
+PROFILE = {
+    "stages": ["pretrain"],
+    "seeds": [0],
+    "nets": ["lenet5_mnist"],
+    "overrides": {"all": [], "images": [], "pretrain": []},
+}
+# A multirun stand-in: a run dir with config.yaml (started, not finished), then two processes of the multirun's
+# group (like a joblib worker beside its launcher), each appending to <run>/<pid>.pid until stopped.
+FOREVER = """
+import os, sys, time
+from pathlib import Path
+run = Path(sys.argv[1]) / "job"
+run.mkdir(parents=True, exist_ok=True)
+(run / "config.yaml").write_text("seed: 0\\n")
+os.fork()
+with open(run / f"{os.getpid()}.pid", "w") as f:
+    while True:
+        f.write("x")
+        f.flush()
+        time.sleep(0.05)
+"""
+# A multirun whose one job failed, as src.train reports it: a summary.json with status failed, a last error line.
+FAILS = """
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1]) / "lenet5-mnist-fp-s0"
+run.mkdir(parents=True, exist_ok=True)
+(run / "summary.json").write_text(json.dumps({"status": "failed", "reason": "error: bits must be 1-16"}))
+sys.exit("error: 1 of 1 jobs failed: lenet5-mnist-fp-s0")
+"""
+# The pipeline in a process of its own, with the test profile and a stand-in multirun: argv profiles dir, script
+# of the stand-in ("" for the real src.train), then the pipeline's arguments.
+DRIVER = """
+import sys
+from pathlib import Path
+from src import reproduce
+reproduce.PROFILES = Path(sys.argv[1])
+if sys.argv[2]:
+    reproduce.train_command = lambda stage_dir, *_: [sys.executable, "-c", sys.argv[2], str(stage_dir)]
+reproduce.main(sys.argv[3:])
+"""
+
+
+@pytest.fixture
+def profiles(tmp_path, monkeypatch) -> Path:
+    """A profiles dir holding ``test`` (PROFILE), also used by the pipeline in this process."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(yaml.safe_dump(PROFILE))
+    monkeypatch.setattr(reproduce, "PROFILES", folder)
+    return folder
+
+
+def start_pipeline(profiles: Path, out: Path, stand_in: str = FOREVER, *extra: str) -> subprocess.Popen:
+    """The pipeline in a subprocess on profile ``test`` writing to ``out``."""
+    argv = [sys.executable, "-c", DRIVER, str(profiles), stand_in, "--profile", "test", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*argv, *extra], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in "ZX"
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def running_stand_in(out: Path) -> tuple[Path, list[int]]:
+    """The stand-in's run dir and pids, once both of its processes are writing."""
+    run = out / "pretrain" / "job"
+    wait_for(lambda: len(list(run.glob("*.pid"))) == 2, 60, "the multirun to start")
+    return run, [int(p.stem) for p in run.glob("*.pid")]
+
+
+def sizes(run: Path) -> dict:
+    return {p.name: p.stat().st_size for p in run.iterdir()}
+
+
+def test_second_pipeline_on_the_same_dir_is_refused_in_one_line(tmp_path, profiles):
+    out = tmp_path / "out"
+    first = start_pipeline(profiles, out)
+    try:
+        run, pids = running_stand_in(out)
+        with pytest.raises(SystemExit) as refused:  # the same command again, here in this process
+            reproduce.main(["--profile", "test", "--out", str(out)])
+        assert str(refused.value) == f"error: another pipeline is running on {out} (pid {first.pid})"
+        before = sizes(run)
+        time.sleep(0.3)
+        assert first.poll() is None and all(map(alive, pids))  # the first pipeline goes on untouched
+        assert all(sizes(run)[name] > size for name, size in before.items() if name.endswith(".pid"))
+        assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["job", "logs"]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_refusal_from_the_command_line_is_one_line_and_non_zero(tmp_path):
+    out = tmp_path / "out"
+    with reproduce.pipeline_lock(out):
+        done = subprocess.run(
+            [sys.executable, "-m", "src.reproduce", "--profile", "demo", "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr == f"error: another pipeline is running on {out} (pid {os.getpid()})\n"
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_sigkill_of_the_pipeline_stops_its_multirun_and_frees_the_lock(tmp_path, profiles):
+    out = tmp_path / "out"
+    pipeline = start_pipeline(profiles, out)
+    run, pids = running_stand_in(out)
+    pipeline.kill()  # nothing in the pipeline can clean up: the supervisor's PR_SET_PDEATHSIG does
+    pipeline.wait()
+    wait_for(lambda: not any(map(alive, pids)), 10, f"{pids} to die")
+    before = sizes(run)
+    time.sleep(0.3)
+    assert sizes(run) == before  # nobody writes there any more
+    with reproduce.pipeline_lock(out):  # the dead pipeline's lock went with it
+        pass
+
+
+def test_sigterm_stops_the_multirun_records_the_attempt_and_a_rerun_relaunches_in_place(tmp_path, profiles):
+    out = tmp_path / "out"
+    pipeline = start_pipeline(profiles, out)
+    run, pids = running_stand_in(out)
+    pipeline.send_signal(signal.SIGTERM)
+    _, err = pipeline.communicate(timeout=20)
+    assert pipeline.returncode != 0
+    assert err.strip().splitlines() == ["error: pipeline stopped during stage pretrain; re-run it to resume"]
+    wait_for(lambda: not any(map(alive, pids)), 5, f"{pids} to die")
+    (attempt,) = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]["attempts"]
+    assert attempt["status"] == "interrupted" and attempt["wall_time_s"] > 0
+    # the same command again: the unfinished run is relaunched where it is, never renamed
+    again = start_pipeline(profiles, out)
+    running_stand_in(out)
+    again.kill()
+    again.wait()
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["job", "logs"]
+
+
+def test_failed_stage_names_its_failed_jobs_and_the_log(tmp_path, profiles, monkeypatch):
+    monkeypatch.setattr(
+        reproduce, "train_command", lambda stage_dir, *_: [sys.executable, "-c", FAILS, str(stage_dir)]
+    )
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as failed:
+        reproduce.main(["--profile", "test", "--out", str(out)])
+    (log,) = (out / "pretrain" / "logs").iterdir()
+    assert str(failed.value) == (
+        "error: stage pretrain failed: 1 job failed: lenet5-mnist-fp-s0 (error: bits must be 1-16); "
+        f"log: {log}"
+    )
+    assert "error: 1 of 1 jobs failed" in log.read_text()
+    stage = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]
+    assert [a["status"] for a in stage["attempts"]] == ["failed"] and not stage["skipped"]
+
+
+def test_pipeline_json_keeps_every_attempt_of_a_stage(tmp_path, profiles, monkeypatch):
+    def finish(stage_dir, args, launcher):  # one multirun: the FP run of seed 0, finished
+        run = stage_dir / "lenet5-mnist-fp-s0"
+        run.mkdir(parents=True)
+        summary = {"experiment": "lenet5_mnist", "seed": 0, "status": "finished"}
+        (run / "summary.json").write_text(json.dumps(summary))
+        time.sleep(0.05)
+
+    monkeypatch.setattr(reproduce, "run_hydra", finish)
+    out = tmp_path / "out"
+    for _ in range(2):
+        reproduce.main(["--profile", "test", "--out", str(out)])
+    stage = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]
+    ran, skipped = stage["attempts"]
+    assert ran["status"] == "ran" and skipped["status"] == "skipped" and ran["started"] <= skipped["started"]
+    assert stage["wall_time_s"] == ran["wall_time_s"] >= 0.05 and not stage["skipped"]
+
+
+def test_a_flat_record_from_before_attempts_becomes_the_first_attempt(tmp_path, profiles, monkeypatch):
+    monkeypatch.setattr(reproduce, "run_hydra", lambda *a: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"profile": "test", "stages": {"pretrain": {"wall_time_s": 120.0, "skipped": False}}}
+    (out / "pipeline.json").write_text(json.dumps(old))
+    reproduce.main(["--profile", "test", "--out", str(out)])
+    stage = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]
+    assert [a["status"] for a in stage["attempts"]] == ["ran", "ran"]
+    assert stage["attempts"][0] == {"started": None, "wall_time_s": 120.0, "status": "ran"}
+    assert stage["wall_time_s"] >= 120.0
+
+
+def test_bad_out_or_profile_is_one_line_and_writes_nothing(tmp_path, profiles):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"^error: cannot write to --out .*a_file/out: Not a directory$"):
+        reproduce.main(["--profile", "test", "--out", str(blocker / "out")])
+    with pytest.raises(SystemExit, match="^error: unknown profile 'nope'; valid profiles: test$"):
+        reproduce.main(["--profile", "nope", "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "profiles"]
