@@ -23,8 +23,8 @@ CONFIG = {
 }
 
 
-def write_run(root: Path, name: str, curve=None, prov=None, **fields) -> Path:
-    """A run dir as src/train.py writes it; ``curve`` = [(train_loss, val_acc)] per epoch after a start row."""
+def write_run(root: Path, name: str, curve=None, prov=None, config=None, **fields) -> Path:
+    """A run dir in src/train.py's format; ``curve`` = [(train_loss, val_acc)] per epoch after the start row."""
     run = root / name
     run.mkdir(parents=True)
     summary = {
@@ -38,38 +38,54 @@ def write_run(root: Path, name: str, curve=None, prov=None, **fields) -> Path:
         "alpha_mode": "fixed",
         "seed": 0,
         "train_subset": None,
+        "val_subset": None,
         "epochs": 50,
         "max_epochs": 50,
-        "diverged": False,
+        "status": "finished",
+        "reason": None,
         "train_loss": 0.01,
         "val_loss": 0.05,
         "val_acc": 99.0,
+        "val_acc_best": 99.1,
+        "best_epoch": 48,
         "population_loss": None,
         "epoch_time_s": 1.0,
         "wall_time_s": 10.0,
-        "init_checkpoint": None,
+        "init_checkpoint": str(
+            root / "fp" / "last.ckpt"
+        ),  # quantized Table-1 runs start from an FP checkpoint
         "checkpoint": str(run / "checkpoints" / "last.ckpt"),
     } | fields
+    summary["diverged"] = summary["status"] == "diverged"
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    quant = {"bits": summary["bits"], "alpha": "lloyd", "alpha_mode": summary["alpha_mode"]}
+    resolved = CONFIG | {"quant": quant, "seed": summary["seed"], "tag": summary["tag"]} | (config or {})
+    (run / "config.yaml").write_text(yaml.safe_dump(resolved))
     provenance = {
         "git_commit": "abc123",
         "versions": VERSIONS,
         "hardware": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "gpu": "none"},
         "data_root": "/data",
         "data_checksums_verified": True,
+        "starts": [{"commit": "abc123", "time": "2025-01-01T00:00:00", "host": "h"}],
     }
     (run / "provenance.json").write_text(json.dumps(provenance | (prov or {})))
     write_metrics(run / "metrics.csv", curve or [(summary["train_loss"], summary["val_acc"])])
     return run
 
 
-def write_metrics(path: Path, curve, start_acc: float = 50.0, start: bool = True) -> None:
-    """metrics.csv rows in Lightning's order: a step-0 validation, then per epoch lr, val and train rows."""
-    lines = ["epoch,lr-SGD,step,time/epoch_s,train/loss,val/acc,val/loss"]
-    lines += [f"0,,0,,,{start_acc},2.0"] if start else []
-    for e, (loss, acc) in enumerate(curve):
-        lines += [f",0.01,{2 * e},,,,", f"{e},,{2 * e + 1},,,{acc},1.0", f"{e},,{2 * e + 1},0.5,{loss},,"]
+def write_metrics(path: Path, curve, start_acc: float = 50.0) -> None:
+    """metrics.csv, one row per epoch: epoch 0 is the starting point (validation only), then e = 1..N."""
+    lines = [
+        "epoch,step,train/loss,val/loss,val/acc,val/acc_best,lr,time/epoch_s",
+        f"0,0,,2.0,{start_acc},,,",
+    ]
+    best = start_acc
+    for e, (loss, acc) in enumerate(curve, start=1):
+        best = max(best, acc if acc is not None else best)
+        lines.append(
+            f"{e},{10 * e},{'' if loss is None else loss},1.0,{'' if acc is None else acc},{best},0.01,0.5"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -101,7 +117,12 @@ def table_root(tmp_path: Path) -> Path:
     for ste, acc in {"identity": 60.0, "relu": 50.0, "clipped_relu": 90.0}.items():  # relu < identity: ✗
         write_run(root, f"resnet-{ste}", model="resnet20", data="cifar10", bits=4, ste=ste, val_acc=acc)
     for seed in (0, 1):  # all of relu diverged; one of clipped_relu's two seeds diverged
-        nulls = {"diverged": True, "train_loss": None, "val_acc": None}
+        nulls = {
+            "status": "diverged",
+            "reason": "train/loss = nan at epoch 3",
+            "train_loss": None,
+            "val_acc": None,
+        }
         write_run(root, f"vgg-relu-s{seed}", model="vgg11", data="cifar10", **nulls, seed=seed)
         clipped = nulls | {"val_acc": 10.0} if seed else {"val_acc": 91.5}  # 10.0: logged before the NaN
         write_run(
@@ -280,12 +301,10 @@ def test_two_layer_runs_plot_population_loss_per_ste(tmp_path: Path):
             max_epochs=2,
         )
         lines = [
-            "epoch,lr-SGD,step,time/epoch_s,train/loss,val/loss,val/population_loss",
-            "0,,0,,,1.4,1.5",
-            "0,,1,,,1.0,1.1",
-            "0,,1,0.1,1.2,,",
-            f"1,,3,,,0.5,{final}",
-            "1,,3,0.1,0.6,,",
+            "epoch,step,train/loss,val/loss,val/acc,val/acc_best,lr,time/epoch_s,val/population_loss",
+            "0,0,,1.4,,,,,1.5",
+            "1,2,1.2,1.0,,,0.01,0.1,1.1",
+            f"2,4,0.6,0.5,,,0.01,0.1,{final}",
         ]
         (run / "metrics.csv").write_text("\n".join(lines) + "\n")
     text = build_report(root).read_text()
@@ -293,16 +312,14 @@ def test_two_layer_runs_plot_population_loss_per_ste(tmp_path: Path):
     rows = {r["STE"]: r for r in md_table(text, "## Two-layer model")}
     assert rows["relu"]["start population loss"] == "1.5" and rows["relu"]["final population loss"] == "0.02"
     assert rows["identity"]["final population loss"] == "0.9"
-    assert "No quantized Table-1 runs found." in text and "Table 1a" not in text
+    assert "No quantized Table-1 runs in the protocol." in text and "Table 1a" not in text
 
 
-def test_read_curves_starts_at_the_step0_validation(tmp_path: Path):
-    run_dir = write_run(tmp_path, "r", curve=[(2.4, 10.0), (2.5, 12.0)])
+def test_read_curves_gives_one_row_per_epoch_from_the_start(tmp_path: Path):
+    write_run(tmp_path, "r", curve=[(2.4, 10.0), (2.5, 12.0)])
     curves = read_curves(collect_runs(tmp_path)[0])
-    assert curves.series("val/acc") == ([0, 1, 2], [50.0, 10.0, 12.0])
-    assert curves.series("train/loss") == ([1, 2], [2.4, 2.5])
-    write_metrics(run_dir / "metrics.csv", [(2.4, 10.0)], start=False)  # a resumed run: no starting point
-    assert read_curves(collect_runs(tmp_path)[0]).series("val/acc") == ([1], [10.0])
+    assert list(curves.index) == [0, 1, 2] and list(curves["val/acc"]) == [50.0, 10.0, 12.0]
+    assert list(curves["train/loss"].dropna().index) == [1, 2]
 
 
 def section(text: str, heading: str) -> list[str]:
@@ -311,21 +328,24 @@ def section(text: str, heading: str) -> list[str]:
     return [line for line in body.splitlines() if line.strip()]
 
 
-def test_missing_sections_degrade_to_one_line(tmp_path: Path):
+def test_empty_root_exits_nonzero_with_one_line(tmp_path: Path, capsys):
     root = tmp_path / "runs"
     root.mkdir()
-    text = build_report(root).read_text()
-    assert section(text, "## Table 1") == [
-        "No quantized Table-1 runs found.",
-        "No full-precision (bits null) runs found.",
-    ]
-    assert section(text, "## Figure 2") == ["No Figure 2 runs (experiment `fig2_identity_repelled`) found."]
-    assert section(text, "## Figure 4") == ["No Figure 4 runs (experiment `fig4_relu_2bit`) found."]
+    assert main([str(root)]) != 0
+    assert capsys.readouterr().err == f"error: no runs under {root}\n"
+    assert not (root / "report").exists()
+
+
+def test_sections_without_runs_are_one_line(tmp_path: Path):
+    write_run(tmp_path / "runs", "fp", bits=None, init_checkpoint=None)
+    text = build_report(tmp_path / "runs").read_text()
+    assert section(text, "## Table 1")[0] == "No quantized Table-1 runs in the protocol."
+    assert "No Figure 2 runs (experiment `fig2_identity_repelled`).\n" in text and "## Figure 2" not in text
+    assert "No Figure 4 runs" in text and "## Figure 4" not in text
     assert section(text, "## Two-layer model") == [
         "No theory outputs (figure1.png, cgd_*.png, certificate.md) found.",
         "No two-layer runs found.",
     ]
-    assert "Runs found: 0 (none)" in text
 
 
 def test_provenance_versions_commits_data_and_pipeline(figure_root: Path):

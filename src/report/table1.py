@@ -81,7 +81,7 @@ def protocol_split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     t1 = table[table["kind"] == "table1"].copy()
     t1["key"] = [row_key(r) for _, r in t1.iterrows()]
     t1["column"] = [ste_column(r) for _, r in t1.iterrows()]
-    t1["protocol"] = t1[PROTOCOL].astype(str).agg("|".join, axis=1)
+    t1["protocol"] = ["|".join(str(r[k]) for k in PROTOCOL) for _, r in t1.iterrows()]
     ran = t1[t1["status"].isin(["finished", "diverged"])]
     majority = {
         base: ran.loc[group.index[group["protocol"] == group["protocol"].mode()[0]][0]]
