@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from src.data import CIFAR10DataModule, GaussianDataModule, MNISTDataModule
 from src.data.batches import crop_flip, shard_indices
+from src.data.files import DataError
 from src.data.gaussian import teacher_labels
 from tests.conftest import REPO
 from tests.datafiles import write_cifar10, write_mnist
@@ -315,12 +316,13 @@ def test_written_datasets_are_learnable(cls, tmp_path):
 @BOTH
 def test_checksum_mismatch_is_rejected_with_the_opt_out_and_accepted_without(cls, tmp_path, monkeypatch):
     folder = WRITERS[cls](tmp_path)
-    with pytest.raises(RuntimeError) as excinfo:
-        cls(root=tmp_path).setup()
+    with pytest.raises(DataError) as excinfo:
+        cls(root=tmp_path).prepare_data()
     message = one_line_error(excinfo)
     assert (
         "checksum mismatch" in message and "data.verify_checksums=false" in message and str(folder) in message
     )
+    assert "data.download=true" in message  # the other way out: fetch the original again
     assert len(loaded(cls, tmp_path).train_data[1]) == 256
     ours = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in cls.files.md5}
     monkeypatch.setattr(cls, "files", dataclasses.replace(cls.files, md5=ours))
@@ -365,7 +367,7 @@ def test_download_never_overwrites_a_differing_file(tmp_path, no_network):
     folder = write_mnist(tmp_path)
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     before = (folder / "train-images-idx3-ubyte.gz").read_bytes()
-    with pytest.raises(RuntimeError, match="refusing to download") as excinfo:
+    with pytest.raises(DataError, match="refusing to download") as excinfo:
         MNISTDataModule(root=tmp_path).prepare_data()
     assert "train-images-idx3-ubyte.gz" in one_line_error(excinfo) and not no_network
     assert (folder / "train-images-idx3-ubyte.gz").read_bytes() == before
@@ -397,16 +399,49 @@ CORRUPTIONS = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("verify", [False, True], ids=["no-checksums", "checksums"])
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_corrupt_file_is_named(case, tmp_path):
+def test_corrupt_file_is_named_by_prepare_data(case, verify, tmp_path):
+    """Before training (prepare_data), with the fix; checksums on or not, the damage is named, not the MD5."""
     cls = MNISTDataModule if case.startswith("mnist") else CIFAR10DataModule
     name, corrupt, expected = CORRUPTIONS[case]
     path = WRITERS[cls](tmp_path) / name
     corrupt(path)
-    with pytest.raises(ValueError) as excinfo:
-        loaded(cls, tmp_path)
+    with pytest.raises(DataError) as excinfo:
+        cls(root=tmp_path, download=False, verify_checksums=verify).prepare_data()
     message = one_line_error(excinfo)
     assert message.startswith(f"{path}: ") and expected in message
+    assert message.endswith("the file is damaged or not the original: delete it and run with "
+                            "data.download=true to fetch it again, or copy the original file there")  # fmt: skip
+    with pytest.raises(DataError) as setup_error:  # setup() without prepare_data(): the same line
+        cls(root=tmp_path, verify_checksums=verify).setup()
+    assert one_line_error(setup_error) == message
+
+
+@BOTH
+@pytest.mark.parametrize("name, split, count", [("train_subset", "train", 256), ("val_subset", "test", 128)])
+def test_subset_larger_than_the_data_fails_in_prepare_data(cls, name, split, count, tmp_path):
+    WRITERS[cls](tmp_path)
+    with pytest.raises(DataError) as excinfo:
+        cls(root=tmp_path, verify_checksums=False, **{name: count + 1}).prepare_data()
+    where = cls.files.directory(tmp_path)
+    assert (
+        one_line_error(excinfo) == f"data.{name}={count + 1} exceeds the {count} {split} examples in {where}"
+    )
+
+
+def test_setup_reuses_what_prepare_data_read(tmp_path, monkeypatch):
+    """Lightning calls prepare_data() again in validate() and fit(): the files are read once per module."""
+    write_mnist(tmp_path)
+    reads = []
+    read = MNISTDataModule.files.read
+    files = dataclasses.replace(MNISTDataModule.files, read=lambda *a: reads.append(1) or read(*a))
+    monkeypatch.setattr(MNISTDataModule, "files", files)
+    dm = MNISTDataModule(root=tmp_path, verify_checksums=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.prepare_data()
+    assert len(reads) == 2 and len(dm.train_data[1]) == 256  # one read per split
 
 
 @pytest.mark.parametrize(
@@ -540,7 +575,7 @@ def cifar_rebuild(shared_data) -> Path:
 
 @pytest.mark.slow
 def test_cifar_jpeg_rebuild_needs_the_opt_out(cifar_rebuild):
-    with pytest.raises(RuntimeError, match="data.verify_checksums=false"):
+    with pytest.raises(DataError, match="data.verify_checksums=false"):
         CIFAR10DataModule(root=cifar_rebuild, download=False).setup()
     dm = loaded(CIFAR10DataModule, cifar_rebuild, download=False)
     (x, y), (x_val, y_val) = dm.train_data, dm.val_data

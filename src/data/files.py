@@ -1,7 +1,9 @@
 """The image datasets on disk: torchvision's layouts and published MD5s, its download, and one-line errors.
 
 MNIST is read straight from the four original IDX `.gz` files and CIFAR-10 from the python pickle batches,
-so nothing is extracted or rewritten in the user's data directory. Every error names the file or directory.
+so nothing is extracted or rewritten in the user's data directory. Every error names the file or directory
+and is a DataError (a ConfigError: the command line prints it as one line), except FileNotFoundError for
+files that are absent.
 """
 
 import gzip
@@ -17,8 +19,14 @@ import numpy as np
 import torch
 import torchvision
 
+from src.config import ConfigError
+
 _CIFAR = torchvision.datasets.CIFAR10
 _FLAG_NO_CHECKSUMS = "data.verify_checksums=false"
+
+
+class DataError(ConfigError):
+    """A damaged or foreign dataset file, or a subset larger than the data: one line naming file and fix."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +53,16 @@ def _idx_payload(path: Path, magic: int) -> tuple[tuple[int, ...], bytes]:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; truncation is EOFError
-        raise ValueError(f"{path}: not a readable gzip file ({err})") from None
+        raise DataError(f"{path}: not a readable gzip file ({err})") from None
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise ValueError(f"{path}: bad magic number {found}, expected {magic} for this IDX file")
+        raise DataError(f"{path}: bad magic number {found}, expected {magic} for this IDX file")
     ndim = magic & 0xFF  # the magic's last byte is the number of dimensions, the third the dtype (8 = uint8)
     header = 4 * (ndim + 1)
     dims = tuple(int.from_bytes(raw[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim))
     if len(raw) != header + int(np.prod(dims)):
         size = len(raw) - header
-        raise ValueError(
-            f"{path}: {size} bytes of data where its header {dims} promises {int(np.prod(dims))}"
-        )
+        raise DataError(f"{path}: {size} bytes of data where its header {dims} promises {int(np.prod(dims))}")
     return dims, raw[header:]
 
 
@@ -65,10 +71,10 @@ def _read_mnist(files: DatasetFiles, paths: list[Path]) -> tuple[torch.Tensor, t
     image_path, label_path = paths
     dims, pixels = _idx_payload(image_path, magic=2051)  # 0x00000803: uint8, 3 dims
     if dims[1:] != files.shape[1:]:
-        raise ValueError(f"{image_path}: images of size {dims[1:]}, expected {files.shape[1:]}")
+        raise DataError(f"{image_path}: images of size {dims[1:]}, expected {files.shape[1:]}")
     (count,), labels = _idx_payload(label_path, magic=2049)  # 0x00000801: uint8, 1 dim
     if count != dims[0]:
-        raise ValueError(f"{label_path}: {count} labels for the {dims[0]} images of {image_path.name}")
+        raise DataError(f"{label_path}: {count} labels for the {dims[0]} images of {image_path.name}")
     x = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(dims[0], *files.shape)  # (N,1,28,28)
     return x, _labels(torch.frombuffer(bytearray(labels), dtype=torch.uint8), files, label_path)
 
@@ -83,11 +89,11 @@ def _read_cifar(files: DatasetFiles, paths: list[Path]) -> tuple[torch.Tensor, t
                 entry = pickle.load(f, encoding="latin1")
             data, batch_labels = np.asarray(entry["data"]), list(entry["labels"])
         except Exception as err:  # a damaged pickle can raise almost anything; name the file whatever it is
-            raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
         per_image = int(np.prod(files.shape))
         if data.dtype != np.uint8 or data.shape != (len(batch_labels), per_image):
             found = f"{data.dtype} {data.shape} with {len(batch_labels)} labels"
-            raise ValueError(f"{path}: 'data' is {found}, expected uint8 (N, {per_image}) with N labels")
+            raise DataError(f"{path}: 'data' is {found}, expected uint8 (N, {per_image}) with N labels")
         images.append(torch.from_numpy(data).view(-1, *files.shape))  # (N,3072) rows are CHW planes
         labels.append(_labels(torch.tensor(batch_labels), files, path))
     return torch.cat(images), torch.cat(labels)
@@ -96,7 +102,7 @@ def _read_cifar(files: DatasetFiles, paths: list[Path]) -> tuple[torch.Tensor, t
 def _labels(y: torch.Tensor, files: DatasetFiles, path: Path) -> torch.Tensor:
     """Labels as int64, checked to lie in [0, num_classes)."""
     if len(y) and (y.min() < 0 or y.max() >= files.num_classes):
-        raise ValueError(f"{path}: labels outside 0..{files.num_classes - 1}")
+        raise DataError(f"{path}: labels outside 0..{files.num_classes - 1}")
     return y.long()
 
 
@@ -124,6 +130,10 @@ CIFAR10_FILES = DatasetFiles(
     download=partial(_CIFAR, train=False, download=True),
     how_to_copy=f"copy the original python batches there (a local rebuild also needs {_FLAG_NO_CHECKSUMS})",
 )
+
+
+# what to do about a damaged file: torchvision's download skips present files, so the bad one must go first
+_REFETCH = "delete it and run with data.download=true to fetch it again, or copy the original file there"
 
 
 def _md5(path: Path) -> str:
@@ -154,7 +164,7 @@ def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> Non
     for name in files.md5:  # torchvision would overwrite a present file whose MD5 differs: never do that
         path = where / name
         if path.is_file() and _md5(path) != files.md5[name]:
-            raise RuntimeError(
+            raise DataError(
                 f"{files.name}: refusing to download into {where}: {path} is not torchvision's file "
                 f"and the download would overwrite it; provide the missing {', '.join(missing)} by hand"
             )
@@ -175,12 +185,15 @@ def verify_md5(files: DatasetFiles, root: str | Path) -> None:
         path = files.directory(root) / name
         found = _md5(path)
         if found != expected:
-            raise RuntimeError(
+            raise DataError(
                 f"{files.name} checksum mismatch: {path} has MD5 {found}, torchvision publishes {expected}; "
-                f"for a local copy such as a rebuild set {_FLAG_NO_CHECKSUMS}, else replace the file"
+                f"for a deliberate local copy such as a rebuild set {_FLAG_NO_CHECKSUMS}, else {_REFETCH}"
             )
 
 
 def load_split(files: DatasetFiles, root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as uint8 images (N,C,H,W) and int64 labels (N,); `ensure_present` has checked the files."""
-    return files.read(files, [files.directory(root) / name for name in files.splits[split]])
+    try:
+        return files.read(files, [files.directory(root) / name for name in files.splits[split]])
+    except DataError as err:  # the readers name the file and the damage; the fix is the same for all
+        raise DataError(f"{err}; the file is damaged or not the original: {_REFETCH}") from None

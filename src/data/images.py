@@ -23,6 +23,7 @@ from src.data.batches import (
 from src.data.files import (
     CIFAR10_FILES,
     MNIST_FILES,
+    DataError,
     DatasetFiles,
     ensure_present,
     load_split,
@@ -77,6 +78,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_data: Split | None = None
         self.val_data: Split | None = None
+        self._read: tuple[Split, Split] | None = None  # read and checked by prepare_data, on the CPU
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -84,32 +86,47 @@ class ImageDataModule(pl.LightningDataModule):
         return tuple(self.files.shape)
 
     def prepare_data(self) -> None:
-        """Download with torchvision when files are missing and `download` is on (Lightning: one process)."""
+        """Download missing files (when `download` is on), then read and check them all, so that a damaged
+        file or a too-large subset fails here, before training; setup() reuses what was read."""
         ensure_present(self.files, self.root, self.download)
+        if self._read is None and self.train_data is None:  # Lightning calls this again in validate and fit
+            self._read = self._read_checked()
 
     def setup(self, stage: str | None = None) -> None:
-        """Verify checksums, then load both splits (first `*_subset` examples) onto the chosen device."""
+        """Move both splits (first `*_subset` examples) onto the chosen device, reading them if needed."""
         if self.train_data is not None:
             return
-        ensure_present(self.files, self.root, download=False)  # also when prepare_data() was skipped
-        if self.verify_checksums:
-            verify_md5(self.files, self.root)
+        # a DDP rank other than 0, or a caller that skipped prepare_data(), reads the files itself
+        train, val = self._read or self._read_checked()
+        self._read = None  # the device copies below are the ones kept
         device = torch.device("cpu")
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # batches are then made on the accelerator
-        self.train_data = self._load("train", self.train_subset, "train_subset", device)
-        self.val_data = self._load("test", self.val_subset, "val_subset", device)
+        self.train_data = tuple(t.to(device) for t in train)
+        self.val_data = tuple(t.to(device) for t in val)
         shape = (1, -1, 1, 1)  # (1,C,1,1) broadcasts over (B,C,H,W)
         self._mean = torch.tensor(self.mean, device=device).view(shape)
         self._std = torch.tensor(self.std, device=device).view(shape)
 
-    def _load(self, split: str, subset: int | None, name: str, device: torch.device) -> Split:
-        """One split, cut to its first `subset` examples, on `device`."""
+    def _read_checked(self) -> tuple[Split, Split]:
+        """Both splits on the CPU, cut to their subsets: files read first (a damaged one is named as such),
+        then their checksums, so that a truncated file is not mistaken for a deliberate local copy."""
+        ensure_present(self.files, self.root, download=False)
+        splits = (
+            self._cut("train", self.train_subset, "train_subset"),
+            self._cut("test", self.val_subset, "val_subset"),
+        )
+        if self.verify_checksums:
+            verify_md5(self.files, self.root)
+        return splits
+
+    def _cut(self, split: str, subset: int | None, name: str) -> Split:
+        """One split, cut to its first `subset` examples."""
         x, y = load_split(self.files, self.root, split)
         if subset is not None and subset > len(y):
             where = self.files.directory(self.root)
-            raise ValueError(f"data.{name}={subset} exceeds the {len(y)} {split} examples in {where}")
-        return x[:subset].to(device), y[:subset].to(device)
+            raise DataError(f"data.{name}={subset} exceeds the {len(y)} {split} examples in {where}")
+        return x[:subset], y[:subset]
 
     def _loaded(self) -> tuple[Split, Split]:
         if self.train_data is None or self.val_data is None:
