@@ -413,3 +413,97 @@ def test_cli_writes_report_md(table_root: Path, tmp_path: Path, capsys):
     assert main([str(table_root), "--out", str(out), "--profile", "paper"]) == 0
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     assert "Profile: **paper**" in (out / "report.md").read_text()
+
+
+@pytest.fixture
+def knob_root(tmp_path: Path) -> Path:
+    """VGG11 2-bit clipped_relu: seeds 0, 1 (seed 0 twice), a pact run, a scratch run, a 1-epoch run, a short
+    run, a diverged run, a failed run and an interrupted one."""
+    root = tmp_path / "runs"
+    vgg = {"model": "vgg11", "data": "cifar10", "ste": "clipped_relu", "epochs": 200, "max_epochs": 200}
+    write_run(root, "a-s0-old", **vgg, val_acc=80.0, prov={"starts": [{"time": "2025-01-01T00:00:00"}]})
+    write_run(root, "b-s0-new", **vgg, val_acc=90.0, prov={"starts": [{"time": "2025-02-01T00:00:00"}]})
+    write_run(root, "c-s1", **vgg, seed=1, val_acc=92.0, curve=[(1.0, 60.0), (0.5, 92.0)])
+    write_run(root, "d-pact", **vgg, alpha_mode="pact", val_acc=93.0)
+    write_run(root, "e-scratch", **vgg, seed=2, init_checkpoint=None, val_acc=50.0)
+    write_run(root, "f-one-epoch", **vgg | {"max_epochs": 1, "epochs": 1}, seed=3, val_acc=40.0)
+    write_run(root, "g-short", **vgg | {"epochs": 7}, seed=4, val_acc=41.0)
+    write_run(
+        root, "h-nan", **vgg, seed=5, status="diverged", reason="val/loss = inf at epoch 3", val_acc=10.0
+    )
+    failed = root / "i-failed"
+    failed.mkdir()
+    (failed / "summary.json").write_text(
+        json.dumps({"run_name": "i-failed", "status": "failed", "reason": "boom"})
+    )
+    interrupted = write_run(root, "j-interrupted", **vgg, seed=6)
+    (interrupted / "summary.json").unlink()
+    return root
+
+
+def test_runs_csv_has_one_row_per_run_with_its_knobs(knob_root: Path):
+    import pandas as pd
+
+    out = build_report(knob_root).parent
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 10 and runs["path"].is_unique
+    for column in (
+        "model", "data", "bits", "ste", "ste_eps", "alpha_mode", "init", "epochs", "max_epochs", "lr",
+        "scheduler", "milestones", "batch_size", "train_subset", "val_subset", "seed", "tag", "val_acc",
+        "val_acc_best", "best_epoch", "train_loss", "val_loss", "wall_time_s", "status", "reason",
+    ):  # fmt: skip
+        assert column in runs, column
+    status = dict(zip(runs["run_name"], runs["status"], strict=True))
+    assert status["i-failed"] == "failed" and status["j-interrupted"] == "interrupted"
+    assert status["h-nan"] == "diverged" and status["c-s1"] == "finished"
+    assert runs.set_index("run_name").loc["e-scratch", "init"] == "scratch"
+
+
+def test_cells_average_seeds_alone_and_flag_a_repeated_seed(knob_root: Path):
+    cells = table1(collect_runs(knob_root))
+    main_row, pact = cells[("cifar10", "vgg11", 2)]["clipped_relu"], cells[("cifar10", "vgg11", 2, "pact")]
+    assert sorted(main_row.values) == [90.0, 92.0]  # the newer seed-0 run counts, the older one does not
+    assert main_row.repeats == ("seed 0 ×2",) and main_row.diverged == 1 and main_row.n_runs == 3
+    assert pact["clipped_relu"].values == (93.0,)
+    text = build_report(knob_root).read_text()
+    table = md_table(text, "Table 1a")
+    assert row(table, "VGG11", "2")["clipped ReLU ours"] == "91.00 ± 1.41 (n=2); diverged 1 of 3; seed 0 ×2"
+    assert row(table, "VGG11", "2 (pact)")["clipped ReLU ours"] == "93.00 (n=1)"
+    best = row(md_table(text, "Table 1a′"), "VGG11", "2")["clipped ReLU"]
+    assert best == "99.10 ± 0.00 (n=2) @ epoch 48; diverged 1 of 3; seed 0 ×2"
+
+
+def test_runs_off_protocol_are_listed_apart_with_the_reason(knob_root: Path):
+    text = build_report(knob_root).read_text()
+    others = {r["run"]: r["why"] for r in md_table(text, "### Other runs (not in Table 1)")}
+    assert set(others) == {"e-scratch", "f-one-epoch", "g-short", "i-failed", "j-interrupted"}
+    assert others["e-scratch"] == "started from scratch, not from an FP checkpoint"
+    assert others["f-one-epoch"].startswith("not the row's majority protocol: max_epochs 1 (row: 200)")
+    assert others["g-short"] == "stopped at epoch 7 of 200 without diverging"
+    assert others["i-failed"] == "failed: boom" and others["j-interrupted"].startswith("interrupted")
+    for acc in ("50.00", "40.00", "41.00"):
+        assert acc not in text.split("### Other runs")[0]
+    diverged = md_table(text, "### Diverged runs")
+    assert [(r["run"], r["why"]) for r in diverged] == [("h-nan", "val/loss = inf at epoch 3")]
+
+
+def test_table1_curves_and_bars_are_written(knob_root: Path):
+    out = build_report(knob_root).parent
+    text = (out / "report.md").read_text()
+    for name in (
+        "table1_cifar10_vgg11_2bit.png",
+        "table1_cifar10_vgg11_2bit_pact.png",
+        "bars_cifar10_vgg11.png",
+    ):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
+    (run,) = [r for r in collect_runs(knob_root) if r["run_name"] == "c-s1"]
+    assert list(read_curves(run).index) == [0, 1, 2]
+    assert sum(p.stat().st_size for p in out.iterdir()) < 2_000_000
+
+
+def test_resumed_runs_list_their_starts_and_are_not_warned(tmp_path: Path):
+    starts = [{"commit": "abc", "time": f"2025-01-0{d}T00:00:00", "host": f"h{d}"} for d in (1, 2)]
+    write_run(tmp_path, "resumed", prov={"starts": starts})
+    text = build_report(tmp_path).read_text()
+    assert "`resumed` (2 starts): 2025-01-01T00:00:00 on h1 at `abc`; 2025-01-02T00:00:00 on h2" in text
+    assert "unfinished" not in text

@@ -232,7 +232,7 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
         bars = group.pivot(index="row", columns="ste", values=["mean", "std"]).astype(
             float
         )  # rows × (stat, ste)
-        name = f"bars_{slug((data, model, 'all'))}.png"
+        name = f"bars_{data}_{model}.png"
         net = " ".join(row_label((data, model, None))[:2])
         plot_bars(bars, ste_order(group["ste"]), out / name, f"{net}: final accuracy, ± std over seeds")
         parts.append(f"![{name}]({name})\n")

@@ -74,11 +74,14 @@ def why_apart(run: pd.Series, majority: pd.Series | None) -> str:
 
 
 def protocol_split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs in Table 1's cells, other runs with ``why``): quantized runs that follow their row's protocol.
+    """(runs in Table 1's cells, other runs with ``why``): quantized runs that follow their row's protocol;
+    the others are the Table-1 runs that do not, and every failed run.
 
     The protocol of a (data, model, bits) row is the schedule/epochs/subsets most of its runs share.
     """
-    t1 = table[table["kind"] == "table1"].copy()
+    t1 = table[
+        (table["kind"] == "table1") | (table["status"] == "failed")
+    ].copy()  # a failed run may lack bits
     t1["key"] = [row_key(r) for _, r in t1.iterrows()]
     t1["column"] = [ste_column(r) for _, r in t1.iterrows()]
     t1["protocol"] = ["|".join(str(r[k]) for k in PROTOCOL) for _, r in t1.iterrows()]
@@ -177,10 +180,10 @@ def fmt_cell(cell: Cell | None, metric: str) -> str:
     else:
         spread = f" ± {fmt(cell.std, metric)}" if cell.std is not None else ""
         text = f"{fmt(cell.mean, metric)}{spread} (n={cell.n})"
+        if metric == "val_acc_best" and cell.best_epochs:
+            lo, hi = min(cell.best_epochs), max(cell.best_epochs)
+            text += f" @ epoch {lo}" + (f"–{hi}" if hi > lo else "")
         text += f"; diverged {cell.diverged} of {cell.n_runs}" if cell.diverged else ""
-    if metric == "val_acc_best" and cell.best_epochs:
-        lo, hi = min(cell.best_epochs), max(cell.best_epochs)
-        text += f" @ epoch {lo}" + (f"–{hi}" if hi > lo else "")
     return text + "".join(f"; {r}" for r in cell.repeats)
 
 
