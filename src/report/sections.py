@@ -11,7 +11,7 @@ import pandas as pd
 from src.report.figures import plot_bars, plot_curves
 from src.report.provenance import call, counted
 from src.report.runs import Run, read_curves
-from src.report.table1 import PAPER_TABLE1, fmt, md_table, row_label, ste_order
+from src.report.table1 import PAPER_TABLE1, fmt, md_table, newest_per_seed, row_label, ste_order
 
 
 @dataclass(frozen=True)
@@ -213,11 +213,9 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
     if in_table.empty:
         return ""
     parts = ["### Table 1 figures\n"]
-    counted_runs = in_table[in_table["status"] == "finished"].sort_values(
-        ["started", "path"], na_position="first"
-    )
-    for key, rows in counted_runs.groupby("key", sort=False):
-        newest = rows.groupby(["column", "seed"], dropna=False).tail(1)  # a repeated seed counts once
+    counted_runs = newest_per_seed(in_table, ("key", "column"))
+    counted_runs = counted_runs[counted_runs["status"] == "finished"]
+    for key, newest in counted_runs.groupby("key", sort=False):
         groups = {ste: [read_curves(r) for r in g["run"]] for ste, g in newest.groupby("column", sort=False)}
         name = f"table1_{slug(key)}.png"
         title = " ".join(row_label(key)) + " bit: mean over seeds, band min–max"
@@ -229,9 +227,8 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
         for ste, c in row.items()
     ]
     for (data, model), group in pd.DataFrame(cells).groupby(["data", "model"], sort=False):
-        bars = group.pivot(index="row", columns="ste", values=["mean", "std"]).astype(
-            float
-        )  # rows × (stat, ste)
+        # rows: bit widths; columns: ("mean" | "std", STE)
+        bars = group.pivot(index="row", columns="ste", values=["mean", "std"]).astype(float)
         name = f"bars_{data}_{model}.png"
         net = " ".join(row_label((data, model, None))[:2])
         plot_bars(bars, ste_order(group["ste"]), out / name, f"{net}: final accuracy, ± std over seeds")

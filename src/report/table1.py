@@ -118,10 +118,15 @@ class Cell:
         return statistics.stdev(self.values) if self.n > 1 else None
 
 
+def newest_per_seed(runs: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The newest run (last start, then path) per seed within ``by``: a repeated seed counts once."""
+    order = runs.sort_values(["started", "path"], na_position="first")
+    return order.groupby([*by, "seed"], dropna=False).tail(1)
+
+
 def make_cell(group: pd.DataFrame, metric: str) -> Cell:
     """A Cell of ``metric`` over a group of runs differing in seed alone; a repeated seed counts once (newest)."""
-    order = group.sort_values(["started", "path"], na_position="first")
-    newest = order.groupby("seed", dropna=False).tail(1)
+    newest = newest_per_seed(group)
     counts = group.groupby("seed", dropna=False).size()
     done = newest[newest["status"] == "finished"]
     return Cell(
