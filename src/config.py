@@ -96,6 +96,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg.trainer.max_epochs, "trainer.max_epochs")
     validate_data(cfg)
     check_arguments(cfg.trainer, "trainer")
+    check_arguments(cfg.quant, "quant", strict=True)  # STE hyper-parameters belong in conf/ste
     for group in ("logger", "callbacks"):
         for name, node in cfg[group].items():
             if node:  # a logger or callback switched off is null
@@ -122,6 +123,8 @@ def validate_optimizer(cfg: DictConfig) -> None:
     _check(
         0 <= opt.get("momentum", 0) < 1, f"optimizer.momentum must lie in [0, 1), got {opt.get('momentum')}"
     )
+    check_arguments(cfg.optimizer, "optimizer")
+    check_arguments(cfg.scheduler, "scheduler")
     optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     _build("scheduler", cfg.scheduler, optimizer)
 
@@ -143,26 +146,41 @@ def validate_data(cfg: DictConfig) -> None:
         if cfg.data.get(name) is not None:
             _integer(cfg.data[name], f"data.{name}")
     check_arguments(cfg.data, "data")
-    sizes = [k for k in cfg.model if k not in HYDRA_KEYS | {"name"}]  # the architecture's own arguments
+    # the architecture's own arguments; channels_last is build_model's
+    sizes = {k: cfg.model[k] for k in cfg.model if k not in HYDRA_KEYS | {"name", "channels_last"}}
     _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
 
 
-def check_arguments(node: DictConfig, key: str) -> None:
-    """Every key of a `_target_` node is an argument of its target (Hydra would fail later, in many lines)."""
+def check_arguments(node: DictConfig, key: str, strict: bool = False) -> None:
+    """Every key of a `_target_` node is an argument of its target (Hydra would fail later, in many lines);
+    `strict`: also when the target takes **kwargs (QuantReLU passes them to an STE built elsewhere)."""
     try:
         target = get_object(node._target_)
     except Exception as err:  # noqa: BLE001 - an unimportable target is the user's typo too
         raise ConfigError(f"{key}._target_: cannot import {node._target_!r} ({type(err).__name__})") from None
-    _check_keys(target, [k for k in node if k not in HYDRA_KEYS], key)
+    _check_keys(target, {k: node[k] for k in node if k not in HYDRA_KEYS}, key, strict=strict)
 
 
-def _check_keys(target, keys, key: str, skip=frozenset()) -> None:
+def _check_keys(target, values: dict, key: str, skip=frozenset(), strict: bool = False) -> None:
+    """No unknown keys (unless the target takes **kwargs and not `strict`); a numeric argument gets a number."""
     params = inspect.signature(target).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return  # takes any keyword: nothing to compare against
-    unknown = sorted(set(keys) - set(params))
-    valid = ", ".join(p for p in params if p not in skip)
-    _check(not unknown, f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {valid}")
+    named = {name: p for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(values) - set(named))
+    if unknown and (strict or len(named) == len(params)):
+        valid = [name for name in named if name not in skip]
+        listed = (
+            ", ".join(valid) if len(valid) <= 16 else f"see {getattr(target, '__name__', target)}'s arguments"
+        )
+        raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {listed}")
+    for name, value in values.items():
+        default = named[name].default if name in named else None
+        # a string where the default is a number: `scheduler.gamma=abc` would fail only at the first step
+        if (
+            isinstance(default, int | float)
+            and not isinstance(default, bool)
+            and isinstance(value, str | bool)
+        ):
+            raise ConfigError(f"{key}.{name} must be a number like its default {default}, got {value!r}")
 
 
 def checkpoint_file(path: str) -> Path:
