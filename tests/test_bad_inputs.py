@@ -214,8 +214,8 @@ DOC_EXTRA = [
     ("tiny", "optimizer.lr=-0.1", None),
     ("tiny", "seed=-1", None),
     ("tiny", "ste=leaky_clipped_relu ste.eps=2", None),
-    ("tiny", "model=vgg11 data=mnist", None),
-    ("tiny", "data=gaussian quant=binary", None),
+    ("lenet5", "model=vgg11", None),
+    ("two_layer", "model=tiny", None),
     ("tiny", "data.download=false paths.data_dir=/nonexistent", None),
     ("tiny", "init.checkpoint=/nonexistent/last.ckpt", None),
     ("tiny", "resume={tmp}/empty", "empty_dir"),
@@ -253,11 +253,12 @@ def _doc_row(model: str, overrides: str, how: str | None) -> str:
         except Exception as err:  # noqa: BLE001 - shown as a traceback by the command line
             line = f"TRACEBACK {type(err).__name__}: {str(err).splitlines()[0]}"
         line = line.replace(str(tmp), "<tmp>")
-    shown = overrides.replace("{tmp}", "<tmp>") + (f" ({how})" if how else "")
-    return f"| `{shown.strip() or f'model={model}'}` | `{line}` |".replace("`model=tiny` ", "")
+    shown = ("" if model == "tiny" else f"model={model} ") + overrides.replace("{tmp}", "<tmp>")
+    return f"| `{shown.strip() or 'model=tiny'}`{f' ({how})' if how else ''} | `{line}` |"
 
 
 def doc_table() -> str:
+    """The markdown table of docs/bad_inputs.md: CASES, then DOC_EXTRA, each run through train(cfg)."""
     rows = [_doc_row("tiny", override, None) for override, _ in CASES] + [_doc_row(*e) for e in DOC_EXTRA]
     return "\n".join(["| input tried | message |", "|---|---|", *rows])
 
