@@ -30,9 +30,19 @@ def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None) -> str:
 
 
 def sweep_group() -> str | None:
-    """The W&B group of a multirun job: its sweep directory's name (None for a single run)."""
+    """The W&B group of a multirun job: <parent>/<sweep dir>, e.g. mnist_paper/table1 for a pipeline stage
+    (None for a single run)."""
     hydra = HydraConfig.get()
-    return Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
+    sweep = Path(hydra.sweep.dir)
+    return f"{sweep.parent.name}/{sweep.name}" if hydra.mode == RunMode.MULTIRUN else None
+
+
+def resume_dir(resume, default: str) -> str:
+    """hydra.run.dir: the run dir of ``resume`` (a run dir, or checkpoints/<file>.ckpt inside one), else default."""
+    if not resume:
+        return default
+    path = Path(str(resume))
+    return str(path.parent.parent if path.suffix == ".ckpt" and path.parent.name == "checkpoints" else path)
 
 
 def register_resolvers() -> None:
@@ -41,6 +51,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
+        OmegaConf.register_new_resolver("resume_dir", resume_dir)
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
 
@@ -179,6 +190,7 @@ def _check_keys(target, values: dict, key: str, skip=frozenset(), strict: bool =
             isinstance(default, int | float)
             and not isinstance(default, bool)
             and isinstance(value, str | bool)
+            and "str" not in str(named[name].annotation)  # e.g. QuantReLU's alpha: a number or "lloyd"
         ):
             raise ConfigError(f"{key}.{name} must be a number like its default {default}, got {value!r}")
 

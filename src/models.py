@@ -32,12 +32,30 @@ def register(name: str):
 
 
 def build_model(
-    name: str, act: ActFactory = QuantReLU, in_shape=(3, 32, 32), num_classes=10, **sizes
+    name: str,
+    act: ActFactory = QuantReLU,
+    in_shape=(3, 32, 32),
+    num_classes=10,
+    channels_last: bool = False,
+    **sizes,
 ) -> nn.Module:
-    """Build a registry model; ``sizes`` are the architecture's own size arguments (from conf/model)."""
+    """Build a registry model; ``sizes`` are the architecture's own size arguments (from conf/model).
+
+    ``channels_last`` stores conv weights and inputs NHWC (faster for ResNet-20 on CPU and CUDA, see
+    benchmarks/bench_train.py); a pre-hook converts every input, and the state dict is the same either way.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
-    return MODELS[name](act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
+    model = MODELS[name](act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.register_forward_pre_hook(_to_channels_last)
+    return model
+
+
+def _to_channels_last(module, args):
+    x, *rest = args
+    return (x.contiguous(memory_format=torch.channels_last), *rest) if x.dim() == 4 else None
 
 
 def conv_bn_act(c_in: int, c_out: int, act: ActFactory, kernel=3, stride=1, padding=1) -> list[nn.Module]:

@@ -90,7 +90,7 @@ class QuantReLU(nn.Module):
     def __init__(
         self,
         bits: int | None = 2,
-        alpha=1.0,
+        alpha: float | str = 1.0,
         ste: str | STE = "clipped_relu",
         alpha_mode: str = "fixed",
         **ste_kwargs,
