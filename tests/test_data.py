@@ -331,14 +331,14 @@ def test_checksum_mismatch_is_rejected_with_the_opt_out_and_accepted_without(cls
 
 @BOTH
 def test_missing_dataset_without_download_names_the_directory(cls, tmp_path, no_network):
-    with pytest.raises(FileNotFoundError) as excinfo:
+    with pytest.raises(DataError) as excinfo:
         cls(root=tmp_path / "empty", download=False).prepare_data()
     message = one_line_error(excinfo)
     where = cls.files.directory(tmp_path / "empty")
     assert f"in {where};" in message and "data.download=true" in message and "copy the" in message
     assert ("data.verify_checksums=false" in message) == (cls is CIFAR10DataModule)
     assert not no_network and not (tmp_path / "empty").exists()  # nothing tried, nothing written
-    with pytest.raises(FileNotFoundError) as setup_error:  # setup() without prepare_data(): the same line
+    with pytest.raises(DataError) as setup_error:  # setup() without prepare_data(): the same line
         cls(root=tmp_path / "empty").setup()
     assert one_line_error(setup_error) == message
 
@@ -348,13 +348,13 @@ def test_missing_file_is_named(cls, tmp_path):
     folder = WRITERS[cls](tmp_path)
     name = cls.files.splits["test"][-1]
     (folder / name).unlink()
-    with pytest.raises(FileNotFoundError, match=f"missing {name} in {folder}"):
+    with pytest.raises(DataError, match=f"missing {name} in {folder}"):
         cls(root=tmp_path, download=False).setup()
 
 
 @BOTH
 def test_failed_download_is_one_line_and_writes_no_files(cls, tmp_path, no_network):
-    with pytest.raises(FileNotFoundError) as excinfo:
+    with pytest.raises(DataError) as excinfo:
         cls(root=tmp_path).prepare_data()
     message = one_line_error(excinfo)
     assert message.startswith(f"{cls.files.name} download failed (") and "no network (test)" in message

@@ -2,8 +2,7 @@
 
 MNIST is read straight from the four original IDX `.gz` files and CIFAR-10 from the python pickle batches,
 so nothing is extracted or rewritten in the user's data directory. Every error names the file or directory
-and is a DataError (a ConfigError: the command line prints it as one line), except FileNotFoundError for
-files that are absent.
+and is a DataError (a ConfigError: the command line prints it as one line).
 """
 
 import gzip
@@ -26,7 +25,7 @@ _FLAG_NO_CHECKSUMS = "data.verify_checksums=false"
 
 
 class DataError(ConfigError):
-    """A damaged or foreign dataset file, or a subset larger than the data: one line naming file and fix."""
+    """A missing, damaged or foreign dataset file, or a subset larger than the data: one line with the fix."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> Non
         return
     expected = f"missing {', '.join(missing)} in {where}"
     if not download:
-        raise FileNotFoundError(
+        raise DataError(
             f"{files.name} not found: {expected}; run once with data.download=true on a machine with internet, "
             f"or {files.how_to_copy}"
         )
@@ -173,7 +172,7 @@ def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> Non
     except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision wraps mirror failures
         reason = " ".join(f"{type(err).__name__}: {err}".split())  # torchvision's text spans lines
         reason = reason if len(reason) <= 300 else reason[:297] + "..."
-        raise FileNotFoundError(
+        raise DataError(
             f"{files.name} download failed ({reason}); {expected}: download on a machine with internet, "
             f"or {files.how_to_copy}"
         ) from None
