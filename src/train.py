@@ -197,7 +197,7 @@ def flat_config(cfg: DictConfig) -> dict:
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     """The Lightning loggers of conf/logger; W&B keeps one run id per run dir, so a resumed run continues it."""
     loggers = []
-    for name, node in cfg.logger.items():
+    for node in cfg.logger.values():
         if "Wandb" not in node._target_:
             loggers.append(instantiate(node))
             continue

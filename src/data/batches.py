@@ -65,9 +65,14 @@ def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tens
 
 
 def trainer_epoch(module) -> int | None:
-    """The attached trainer's current epoch (restored on resume), or None when no trainer is attached."""
+    """The epoch the attached trainer is about to train (None without a trainer).
+
+    Lightning's epochs *processed*, the count it gives samplers: right after a resume from an epoch-end
+    checkpoint, ``current_epoch`` (epochs *completed*) still names the epoch already trained, and the data
+    order would repeat it.
+    """
     trainer = getattr(module, "trainer", None)
-    return None if trainer is None else trainer.current_epoch
+    return None if trainer is None else trainer.fit_loop.epoch_progress.current.processed
 
 
 def trainer_rank(module) -> tuple[int, int]:
