@@ -407,7 +407,7 @@ def parse_args(argv):
     parser.add_argument(
         "extra", nargs="*", help="src.train overrides for the MNIST/CIFAR runs, e.g. trainer=gpu"
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import yaml
 
 from src import reproduce
 from tests.conftest import REPO
+from tests.runs import fake_data
 
 PROFILE = {
     "stages": ["pretrain"],
@@ -229,3 +230,73 @@ def test_bad_out_or_profile_is_one_line_and_writes_nothing(tmp_path, profiles):
     with pytest.raises(SystemExit, match="^error: unknown profile 'nope'; valid profiles: test$"):
         reproduce.main(["--profile", "nope", "--out", str(tmp_path / "out")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "profiles"]
+
+
+def process_group_of(pipeline_pid: int) -> list[int]:
+    """The live processes of the pipeline's multirun: the group its supervisor (a child of the pipeline) leads."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp ...
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    leaders = [pid for pid, s in stats.items() if int(s[1]) == pipeline_pid]
+    return [pid for pid, s in stats.items() if int(s[2]) in leaders and s[0] not in "ZX"]
+
+
+def real_pipeline(tmp_path: Path, profiles: Path, *extra: str) -> subprocess.Popen:
+    """The pipeline on profile ``test`` with real src.train multiruns: LeNet-5 on tiny MNIST files, CPU, CSV."""
+    data = fake_data(tmp_path / "data")
+    args = [f"paths.data_dir={data}", "data.verify_checksums=false", "data.download=false", *extra]
+    common = ["trainer=cpu", "trainer.enable_progress_bar=false", "logger=csv"]
+    (profiles / "test.yaml").write_text(
+        yaml.safe_dump(PROFILE | {"overrides": PROFILE["overrides"] | {"all": common}})
+    )
+    return start_pipeline(profiles, tmp_path / "out", "", *args)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_pipeline_stops_a_real_joblib_multirun(tmp_path, profiles):
+    """Both training jobs run in joblib's worker processes, grandchildren of the supervisor: all of them stop."""
+    pipeline = real_pipeline(
+        tmp_path,
+        profiles,
+        "--launcher",
+        "joblib",
+        "--seeds",
+        "0,1",
+        "hydra.launcher.n_jobs=2",
+        "trainer.max_epochs=1000",
+    )
+    out = tmp_path / "out" / "pretrain"
+    try:
+        wait_for(lambda: len(list(out.glob("*/metrics.csv"))) == 2, 120, "both jobs to train")
+        group = process_group_of(pipeline.pid)
+        assert len(group) >= 4  # supervisor, src.train (joblib's launcher), two workers
+    finally:
+        pipeline.kill()
+        pipeline.wait()
+    wait_for(lambda: not any(map(alive, group)), reproduce.GRACE_S + 10, f"{group} to die")
+    assert process_group_of(pipeline.pid) == []
+
+
+@pytest.mark.slow
+def test_a_run_cut_off_by_sigkill_resumes_in_place(tmp_path, profiles):
+    """Contract with src.train: last.ckpt after every epoch; the same multirun resumes an unfinished run in place."""
+    extra = ["trainer.max_epochs=5", "data.batch_size=2"]  # 128 steps an epoch: seconds, time to cut it off
+    pipeline = real_pipeline(tmp_path, profiles, *extra)
+    stage = tmp_path / "out" / "pretrain"
+    try:
+        wait_for(lambda: list(stage.glob("*/checkpoints/last.ckpt")), 120, "the first epoch's checkpoint")
+    finally:
+        pipeline.kill()
+        pipeline.wait()
+    (run,) = [p.parent for p in stage.glob("*/config.yaml")]
+    assert not (run / "summary.json").exists(), "the run finished before it was cut off: slow it down"
+    again = real_pipeline(tmp_path, profiles, *extra)
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    assert [p.parent for p in stage.glob("*/config.yaml")] == [run]  # same dir, nothing moved aside
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 5
+    epochs = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
+    assert len(epochs) == 7  # header, the starting point, 5 epochs: those after the resume appended
