@@ -50,7 +50,8 @@ def stop(*_): raise Stop
 signal.signal(signal.SIGTERM, stop)
 child = None
 try:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if sys.platform == "linux":  # elsewhere only the pipeline's SIGTERM/Ctrl-C handling stops the group
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != int(sys.argv[1]):  # the pipeline died before prctl
         raise Stop
     child = subprocess.Popen(sys.argv[3:])
@@ -345,7 +346,7 @@ def legacy_attempt(stage: dict) -> dict:
 def read_record(path: Path) -> dict:
     """pipeline.json as the last run left it (a fresh record when there is none or it does not parse)."""
     try:
-        return json.loads(path.read_text())
+        return {"stages": {}} | json.loads(path.read_text())
     except (OSError, ValueError):
         return {"stages": {}}
 
