@@ -145,9 +145,11 @@ def test_sigkill_of_the_pipeline_stops_its_multirun_and_frees_the_lock(tmp_path,
     out = tmp_path / "out"
     pipeline = start_pipeline(profiles, out)
     run, pids = running_stand_in(out)
+    group = multirun_group(pipeline.pid)
+    assert set(members(group)) == {group, *pids}  # the supervisor and the two processes of the multirun
     pipeline.kill()  # nothing in the pipeline can clean up: the supervisor's PR_SET_PDEATHSIG does
     pipeline.wait()
-    wait_for(lambda: not any(map(alive, pids)), 10, f"{pids} to die")
+    wait_for(lambda: not members(group), 10, f"the processes of group {group} to die")
     before = sizes(run)
     time.sleep(0.3)
     assert sizes(run) == before  # nobody writes there any more
@@ -232,16 +234,26 @@ def test_bad_out_or_profile_is_one_line_and_writes_nothing(tmp_path, profiles):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "profiles"]
 
 
-def process_group_of(pipeline_pid: int) -> list[int]:
-    """The live processes of the pipeline's multirun: the group its supervisor (a child of the pipeline) leads."""
+def processes() -> dict[int, list[str]]:
+    """/proc/<pid>/stat of every process, the fields after the command: state, ppid, pgrp, ..."""
     stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp ...
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-    leaders = [pid for pid, s in stats.items() if int(s[1]) == pipeline_pid]
-    return [pid for pid, s in stats.items() if int(s[2]) in leaders and s[0] not in "ZX"]
+    return stats
+
+
+def multirun_group(pipeline_pid: int) -> int:
+    """The process group of the pipeline's multirun: the one its supervisor, a child of the pipeline, leads."""
+    (supervisor,) = [pid for pid, s in processes().items() if int(s[1]) == pipeline_pid]
+    return supervisor
+
+
+def members(group: int) -> list[int]:
+    """The live processes of a process group."""
+    return [pid for pid, s in processes().items() if int(s[2]) == group and s[0] not in "ZX"]
 
 
 def real_pipeline(tmp_path: Path, profiles: Path, *extra: str) -> subprocess.Popen:
@@ -271,13 +283,12 @@ def test_sigkill_of_the_pipeline_stops_a_real_joblib_multirun(tmp_path, profiles
     out = tmp_path / "out" / "pretrain"
     try:
         wait_for(lambda: len(list(out.glob("*/metrics.csv"))) == 2, 120, "both jobs to train")
-        group = process_group_of(pipeline.pid)
-        assert len(group) >= 4  # supervisor, src.train (joblib's launcher), two workers
+        group = multirun_group(pipeline.pid)
+        assert len(members(group)) >= 4  # supervisor, src.train (joblib's launcher), two workers
     finally:
         pipeline.kill()
         pipeline.wait()
-    wait_for(lambda: not any(map(alive, group)), reproduce.GRACE_S + 10, f"{group} to die")
-    assert process_group_of(pipeline.pid) == []
+    wait_for(lambda: not members(group), reproduce.GRACE_S + 10, f"the processes of group {group} to die")
 
 
 @pytest.mark.slow
