@@ -101,7 +101,7 @@ class STEModule(pl.LightningModule):
     def learned_alphas(self) -> dict[str, float]:
         """α of every activation that learns it (pact/lsq), as alpha/<layer>."""
         return {
-            f"alpha/{name.removeprefix('model.')}": float(m.alpha)
+            f"alpha/{name.removeprefix('model.')}": m.alpha.item()
             for name, m in self.named_modules()
             if isinstance(m, QuantReLU) and m.bits is not None and m.alpha_mode != "fixed"
         }

@@ -181,7 +181,8 @@ def test_two_layer_reduces_population_loss(tmp_path):
 def test_divergence_is_recorded_not_crashed(tmp_path):
     cfg = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=3", "optimizer.lr=1e30", "optimizer.momentum=0")
     summary = train(cfg)
-    assert summary["diverged"] and summary["train_loss"] is None and summary["epochs"] < 3
+    assert summary["status"] == "diverged" and summary["diverged"] and summary["epochs"] < 3
+    assert summary["reason"].startswith("train/loss = ")  # beyond divergence.max_loss, or not finite
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Evaluate a checkpoint: ``python -m src.evaluate <run dir | .ckpt> [key=value ...]``.
+
+The model is rebuilt from the config saved in the checkpoint (``STEModule.load_from_checkpoint(path)``), the
+data from the same config with any overrides (``data.val_subset=1000``, ``data.root=/elsewhere``,
+``data=...`` keys of the saved config), and Lightning's ``test_step`` runs over the test split (the official
+test set for MNIST/CIFAR-10). Prints top-1 and loss and writes them to <run dir>/evaluation.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from src.config import ConfigError, check_checkpoint, checkpoint_file
+from src.module import STEModule
+from src.rundir import atomic_write, finite
+
+
+def evaluate(path: str | Path, overrides: list[str] = (), accelerator: str = "auto") -> dict:
+    """Test top-1 (%) and loss of a checkpoint on its own data config, with ``overrides`` (key=value) applied."""
+    check_checkpoint(str(path), "checkpoint")
+    ckpt = checkpoint_file(str(path))
+    module = STEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    config = OmegaConf.create(module.hparams.config)
+    try:
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # noqa: BLE001 - OmegaConf's grammar errors: the user's override
+        raise ConfigError(f"bad override in {list(overrides)}: {err}") from None
+    datamodule = instantiate(config.data)
+    datamodule.prepare_data()
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
+    )  # fmt: skip
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    return {
+        "checkpoint": str(ckpt),
+        "overrides": list(overrides),
+        "run_name": config.get("run_name"),
+        "test_acc": finite(metrics.get("test/acc")),
+        "test_loss": finite(metrics.get("test/loss")),
+        "examples": len(datamodule.val_data[1]),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("path", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value changes to the saved config, e.g. data.root=data"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON file for the result (default <run dir>/evaluation.json)"
+    )
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.path, args.overrides, args.accelerator)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    ckpt = Path(result["checkpoint"])
+    out = (
+        args.out
+        or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "evaluation.json"
+    )
+    atomic_write(out, json.dumps(result, indent=2).encode())
+    print(f"{result['run_name']}: test top-1 {result['test_acc']:.2f} %, loss {result['test_loss']:.4f} "
+          f"on {result['examples']} examples ({out})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
