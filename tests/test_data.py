@@ -587,7 +587,7 @@ def test_cifar_jpeg_rebuild_needs_the_opt_out(cifar_rebuild):
     pixels = x[::5].float().div(255)  # (N/5,3,32,32) in [0,1]: every 5th image keeps memory small
     mean, std = torch.tensor(dm.mean), torch.tensor(dm.std)
     assert (pixels.mean((0, 2, 3)) - mean).abs().max() < 0.01
-    # The usual std constants (PAPER.md §5) are means of per-image stds; the pixel std is ~0.247, 0.243, 0.261,
+    # The usual std constants (Yin et al. 2019, §4) are means of per-image stds; the pixel std is ~0.247, 0.243, 0.261,
     # so normalised CIFAR batches have std ~1.2, not 1. This pins the pixels, not the convention.
     assert (pixels.std((0, 2, 3)) - torch.tensor([0.247, 0.243, 0.261])).abs().max() < 0.01 and (
         std < 0.21

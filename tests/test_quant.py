@@ -16,7 +16,7 @@ SETTINGS = [(1, 1.0), (2, 0.6511), (3, 0.3), (4, 0.1946)]  # (bits, α): the pap
 
 
 def staircase_oracle(x, alpha, levels):
-    """σ_α by its definition (PAPER.md §5): α times the number of k = 1..L with x > (k−1)α."""
+    """σ_α by its definition (Yin et al. 2019, §4): α times the number of k = 1..L with x > (k−1)α."""
     return alpha * sum((x > (k - 1) * alpha).astype(float) for k in range(1, levels + 1))
 
 

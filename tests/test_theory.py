@@ -1,6 +1,6 @@
 """The two-linear-layer theory (src.theory) against independent oracles: Monte Carlo through quant_relu, finite
 differences of Lemma 1, the paper's equations (11), (14), (26) written literally here (p, q, ξ by numerical
-integration of their definitions), the quadrature path, and PAPER.md's handy identities.
+integration of their definitions), the quadrature path, and the identities of Yin et al. 2019, App. D.
 
 Monte Carlo tolerances: 6 standard errors, each SE estimated from the spread of 16 independent batch means
 (P(|t₁₅| > 6) ≈ 2e-5 per comparison); each MC test also asserts its SE is small enough to catch a wrong formula.
@@ -290,7 +290,7 @@ def test_saddle_points_of_prop1(big):
     assert dv.abs().max() < 1e-14 and dw.abs().max() < 1e-14  # eq. (8)
     for name in ("relu", "clipped_relu"):  # Lemmas 6, 8
         assert expected_coarse_grad(name, v, w, v_star, w_star)[1].abs().max() < 1e-14
-    m = len(v_star)  # the reduced function's Hessian is indefinite (PAPER.md §2)
+    m = len(v_star)  # the reduced function's Hessian is indefinite (Yin et al. 2019, §2.2)
     hess = torch.zeros(m + 1, m + 1, dtype=F64)
     hess[:m, :m] = 2 * (torch.eye(m, dtype=F64) + 1)
     hess[:m, m] = hess[m, :m] = 4 / math.pi * v_star
@@ -389,7 +389,7 @@ def test_certificate_table_cli(tmp_path, capsys):
     }
     assert set(STES) <= set(rows)
     vanishes = {name: row[-2].strip() for name, row in rows.items() if name in STES}
-    assert vanishes == {  # μ′ = 0 on x ≤ 0 makes E g vanish at θ = π (PAPER.md Lemmas 6, 8; ours for the rest)
+    assert vanishes == {  # μ′ = 0 on x ≤ 0 makes E g vanish at θ = π (Yin et al. 2019, Lemmas 6, 8; ours for the rest)
         "identity": "no", "relu": "yes", "clipped_relu": "yes", "log_tailed_relu": "yes",
         "leaky_clipped_relu": "no", "soft_staircase": "no", "ewgs": "no",
     }  # fmt: skip

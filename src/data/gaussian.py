@@ -1,4 +1,4 @@
-"""The paper's two-layer teacher data (PAPER.md §1): Gaussian patches Z, labels y = v*ᵀσ(Z w*)."""
+"""The paper's two-layer teacher data (Yin et al. 2019, §2): Gaussian patches Z, labels y = v*ᵀσ(Z w*)."""
 
 import math
 from collections.abc import Iterator

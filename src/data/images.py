@@ -190,7 +190,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     files = CIFAR10_FILES
     in_channels, image_size = CIFAR10_FILES.shape[0], CIFAR10_FILES.shape[-1]
-    __init__ = partialmethod(  # PAPER.md §5: crop 32 with 4-pixel padding, horizontal flip, these constants
+    __init__ = partialmethod(  # Yin et al. 2019, §4: crop 32 with 4-pixel padding, horizontal flip, these constants
         ImageDataModule.__init__,
         batch_size=128,
         augment=True,

@@ -1,4 +1,4 @@
-"""The quantized ReLU σ_α with an STE backward (PAPER.md §5), its module, and the Lloyd resolution α."""
+"""The quantized ReLU σ_α with an STE backward (Yin et al. 2019, §4), its module, and the Lloyd resolution α."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The straight-through estimators: one registry, name -> STE class.
 
-Every STE replaces the a.e.-zero derivative of the quantized ReLU σ_α (PAPER.md §5) by the derivative μ′ of a
+Every STE replaces the a.e.-zero derivative of the quantized ReLU σ_α (Yin et al. 2019, §4) by the derivative μ′ of a
 surrogate μ. Inputs are the pre-activation ``x``, the resolution ``alpha`` (a tensor, maybe learnable) and the number
 of non-zero levels ``levels`` = L = 2^b − 1; the clip point is c = L·α. The paper's three (§1, §5) are
 ``identity``, ``relu`` and ``clipped_relu``; the others go beyond it.
@@ -49,7 +49,7 @@ def clip_point(alpha: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:
-    """σ_α(x): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (PAPER.md §5, the ceil form of the author code)."""
+    """σ_α(x): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (Yin et al. 2019, §4; the ceil form of the authors' code)."""
     return (x / alpha).ceil_().clamp_(0, levels).mul_(alpha)  # in place on the fresh quotient: one allocation
 
 

@@ -1,4 +1,4 @@
-"""The two-linear-layer model y = vᵀσ(Zw) of Yin et al. 2019 (PAPER.md §1–§4): landscape, coarse gradients of
+"""The two-linear-layer model y = vᵀσ(Zw) of Yin et al. 2019 (Yin et al. 2019, §2–§3): landscape, coarse gradients of
 any registry STE (exact and sampled), Algorithm 1 and a descent certificate. Figures: ``src.theory.figures``."""
 
 from src.theory.certificate import certificate_table, descent_certificate

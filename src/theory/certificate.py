@@ -1,4 +1,4 @@
-"""A descent certificate for any STE on the two-linear-layer model (PAPER.md §3, eqs. 12–13, Lemmas 5–10).
+"""A descent certificate for any STE on the two-linear-layer model (Yin et al. 2019, §3, eqs. 12–13, Lemmas 5–10).
 
 At random points (v, w) the expected coarse gradient E g = (E[∂ℓ/∂v], E[g_μ]) is compared with ∇f = (∂f/∂v,
 ∂f/∂w): ⟨E g, ∇f⟩ > 0 makes −E g a descent direction. For any x-only STE with μ′ ≥ 0 this holds wherever ∇f ≠ 0:

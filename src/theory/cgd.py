@@ -1,4 +1,4 @@
-"""Algorithm 1: full-batch coarse gradient descent on the two-linear-layer model (PAPER.md §1, §3)."""
+"""Algorithm 1: full-batch coarse gradient descent on the two-linear-layer model (Yin et al. 2019, §2–§3)."""
 
 from __future__ import annotations
 

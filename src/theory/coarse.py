@@ -1,4 +1,4 @@
-"""Coarse gradients of the two-linear-layer model (PAPER.md §3, eq. 5): expected (exact) and sampled (autograd).
+"""Coarse gradients of the two-linear-layer model (Yin et al. 2019, §2.1, eq. 5): expected (exact) and sampled (autograd).
 
 The expected w-part of every x-only STE is assembled from three moments of one Gaussian row z ~ N(0, I_n),
 x = zᵀw (``Moments``). Expanding eq. (5) over the m i.i.d. rows, the pairs i ≠ j factor (E σ = ½) and

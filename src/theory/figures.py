@@ -1,7 +1,7 @@
 """Figures of the two-linear-layer model: the paper's Figure 1, and two additions beyond the paper (Algorithm 1
 started near a spurious minimizer; Algorithm 1 converging to the global minimum).
 
-The paper gives no dimensions, teacher or points (PAPER.md §4, §8); the choices here:
+The paper gives no dimensions, teacher or points (Yin et al. 2019, Figure 1); the choices here:
 * m = 10 patches, n = 20 input dimensions. m > 1 is needed for the identity STE's instability (Lemma 9:
   ‖E g_id‖ ∝ (m − 1)), and a larger m leaves room for Prop. 1's condition (1ᵀv*)² < ((m+1)/2)‖v*‖², which a
   random N(0, I) teacher then meets; n > 2 gives the directions outside the plane of w and w*, which the

@@ -1,4 +1,4 @@
-"""The population landscape of the two-linear-layer model y = vᵀσ(Zw) (PAPER.md §1–§2): Lemmas 1–2, Prop. 1.
+"""The population landscape of the two-linear-layer model y = vᵀσ(Zw) (Yin et al. 2019, §2): Lemmas 1–2, Prop. 1.
 
 The internals work on float64 numpy arrays: the vectors are tiny (m, n ~ 10), where torch's per-op overhead
 (~2 µs against numpy's ~0.6 µs) would dominate Algorithm 1's inner loop. The public functions take and return

@@ -57,7 +57,7 @@ def relu_moments(w_norm: float, theta: float) -> Moments:
 def clipped_relu_moments(w_norm: float, theta: float) -> Moments:
     """μ′ = 1{0<x≤1} (Lemma 12; clip point c = α·L = 1): a = b = p(0,w)ŵ, c = p(θ,w)ŵ + q(θ,w)u — eq. (26),
     whose cot(θ/2) and csc(θ/2) terms cancel in this basis."""
-    p0 = (1 - math.exp(-1 / (2 * w_norm**2))) / SQRT_2PI  # p(0, w), PAPER.md's handy identity
+    p0 = (1 - math.exp(-1 / (2 * w_norm**2))) / SQRT_2PI  # p(0, w), an identity of Yin et al. 2019, App. D
     p, q = p_q(theta, w_norm)
     return Moments(p0, p0, p, q)
 
