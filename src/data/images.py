@@ -190,12 +190,14 @@ class CIFAR10DataModule(ImageDataModule):
 
     files = CIFAR10_FILES
     in_channels, image_size = CIFAR10_FILES.shape[0], CIFAR10_FILES.shape[-1]
-    __init__ = partialmethod(  # Yin et al. 2019, §4: crop 32 with 4-pixel padding, horizontal flip, these constants
-        ImageDataModule.__init__,
-        batch_size=128,
-        augment=True,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2023, 0.1994, 0.2010),
-        crop_padding=4,
-        hflip=True,
+    __init__ = (
+        partialmethod(  # Yin et al. 2019, §4: crop 32 with 4-pixel padding, horizontal flip, these constants
+            ImageDataModule.__init__,
+            batch_size=128,
+            augment=True,
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2023, 0.1994, 0.2010),
+            crop_padding=4,
+            hflip=True,
+        )
     )
