@@ -49,8 +49,11 @@ local-data: install  ## dev/CI only: genuine MNIST and the CIFAR-10 JPEG rebuild
 	test -d data/cifar-10-batches-py || $(PY) $(SHARED)/cifar10_from_jpeg.py data
 	@echo "CIFAR-10 in data/ is the JPEG rebuild: use it with EXTRA=\"data.verify_checksums=false\""
 
+wandb-sync: install  ## upload every offline W&B run under outputs/ (after `wandb login`)
+	find outputs -type d -path '*/wandb/offline-run-*' -prune -print0 | xargs -0 -r $(VENV)/bin/wandb sync
+
 bench: install  ## benchmarks: QuantReLU vs nn.ReLU train step, 10^4 exact CGD steps
 	$(PY) benchmarks/bench_quant.py
 	$(PY) benchmarks/bench_theory.py
 
-.PHONY: help install test test-all lint train demo reproduce local-data bench
+.PHONY: help install test test-all lint train demo reproduce local-data wandb-sync bench

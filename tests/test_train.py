@@ -196,7 +196,7 @@ def test_resume_continues_the_run(tmp_path):
     summary = train(second)
     assert summary["epochs"] == 2
     rows = read_csv(Path(second.paths.output_dir) / "metrics.csv")
-    assert [float(r["epoch"]) for r in rows if r["train/loss"]] == [1.0]  # only the missing epoch ran
+    assert [float(r["epoch"]) for r in rows if r["train/loss"]] == [2.0]  # only the missing 2nd epoch ran
 
 
 def test_init_from_full_precision_checkpoint(tmp_path):
@@ -364,3 +364,16 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
         "clipped_relu",
         "relu",
     ]
+
+
+def test_tab_completion_in_the_readme_form_lists_the_options():
+    """README: eval "$(python src/train.py -sc install=bash)", then python src/train.py ste=<TAB>."""
+    env = os.environ | {"COMP_LINE": "python src/train.py ste="}
+    out = subprocess.run(
+        [sys.executable, "src/train.py", "-sc", "query=bash"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert set(out.stdout.split()) >= {f"ste={s}" for s in PAPER_STES}, out.stderr[-1000:]
