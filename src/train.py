@@ -289,7 +289,7 @@ def remove_if_empty(run_dir: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Command line entry. A bad input ends a single run with one line, before any file is written; in a
     sweep, a failed job records ``failed`` and its reason in its run dir and the sweep goes on
-    (``FailedJobs`` exits non-zero at the end). Returns the best val top-1 (for sweepers)."""
+    (``RunChecks`` exits non-zero at the end). Returns the best val top-1 (for sweepers)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg)["val_acc_best"]
@@ -308,10 +308,15 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
-class FailedJobs(Callback):
-    """Hydra callback: at the end of a multirun, name the jobs that failed and exit non-zero."""
+class RunChecks(Callback):
+    """Hydra callback: an output dir that cannot be made is one line before anything runs; at the end of a
+    multirun, the failed jobs are named and the exit code is non-zero."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        make_dir(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        make_dir(config.hydra.sweep.dir)
         self.start = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -325,6 +330,13 @@ class FailedJobs(Callback):
                 failed.append(path.parent.name)
         if failed:
             sys.exit(f"error: {len(failed)} of {total} jobs failed: {', '.join(failed)}")
+
+
+def make_dir(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        sys.exit(f"error: cannot create the output dir {path}: {err.strerror or err}")
 
 
 if __name__ == "__main__":

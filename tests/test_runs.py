@@ -190,3 +190,14 @@ def test_evaluate_reproduces_the_final_val_accuracy_and_loads_from_the_path_alon
     assert result["test_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
     fewer = evaluate(run_dir, ["data.val_subset=16"], accelerator="cpu")
     assert fewer["examples"] == 16
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the run dir's parent should be
+    out = run_cli([*tiny_run_args(tmp_path, epochs=1), f"hydra.run.dir={blocker / 'run'}"])
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == f"error: cannot create the output dir {blocker / 'run'}: Not a directory"
+    )
