@@ -377,3 +377,31 @@ def test_tab_completion_in_the_readme_form_lists_the_options():
         text=True,
     )
     assert set(out.stdout.split()) >= {f"ste={s}" for s in PAPER_STES}, out.stderr[-1000:]
+
+
+@pytest.mark.parametrize("bits", [None, 2])
+def test_channels_last_matches_nchw_outputs_and_gradients(bits):
+    """model.channels_last (ResNet-20's default) changes the memory layout only: same state dict, same numbers.
+
+    Both run in float64: the staircase is discontinuous (and train-mode BN on 8 examples amplifies), so in
+    float32 the last-bit differences of another summation order flip a few levels deep in the net; float64
+    keeps every level and still tests the NHWC path of every conv, the quantizer and the STE backward."""
+    from src.models import build_model
+    from src.quant import QuantReLU
+
+    act = lambda: QuantReLU(bits=bits, alpha="lloyd", ste="clipped_relu")  # noqa: E731
+    dtype = torch.float64
+    torch.manual_seed(0)
+    nchw = build_model("resnet20", act=act).to(dtype)
+    fast = build_model("resnet20", act=act, channels_last=True).to(dtype)
+    fast.load_state_dict(nchw.state_dict())
+    x, y = torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,))
+    outs = []
+    for model in (nchw, fast):
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        outs.append((out, [p.grad for p in model.parameters()]))
+    assert next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-10)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

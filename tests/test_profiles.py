@@ -1,0 +1,100 @@
+"""The CPU profiles behind the published results (conf/pipeline/cifar_cpu.yaml, mnist_paper.yaml): every job the
+pipeline would launch composes, and its config follows the profile (epochs, subsets, schedules, init)."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+import src.reproduce as reproduce
+from tests.runs import make_cfg
+
+
+def planned_jobs(profile: str, tmp_path: Path, monkeypatch) -> dict[str, list[list[str]]]:
+    """Per stage, the src.train override lists the pipeline launches (sweeps expanded), launching nothing.
+
+    Each launched job is recorded as finished (summary.json), so later stages find their checkpoints."""
+    launched: dict[str, list[list[str]]] = {}
+
+    def fake_run(stage_dir: Path, args: list[str], launcher) -> None:
+        for job in expand(args):
+            launched.setdefault(stage_dir.name, []).append(job)
+            write_summary(stage_dir, dict(a.split("=", 1) for a in job))
+
+    monkeypatch.setattr(reproduce, "run_hydra", fake_run)
+    p = reproduce.load_profile(profile) | {"name": profile}
+    pipeline = reproduce.Pipeline(p, tmp_path, None, [])
+    for stage in p["stages"]:
+        if stage != "report":
+            getattr(pipeline, stage)()
+    return launched
+
+
+def expand(args: list[str]) -> list[list[str]]:
+    """Hydra's sweep syntax key=a,b → one override list per combination (lists like [20,40] are values)."""
+    choices = [
+        [f"{k}={v}" for v in (vs.split(",") if not vs.startswith("[") else [vs])]
+        for k, vs in (a.split("=", 1) for a in args)
+    ]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def write_summary(stage_dir: Path, job: dict) -> None:
+    bits = None if job.get("quant") == "fp" else int(job["quant.bits"])
+    run = stage_dir / f"run{len(list(stage_dir.glob('*')))}"
+    run.mkdir(parents=True)
+    summary = {"experiment": job["experiment"], "seed": int(job["seed"]), "tag": job.get("tag"), "bits": bits}
+    summary |= {
+        "ste": job.get("ste"),
+        "status": "finished",
+        "diverged": False,
+        "checkpoint": str(run / "last.ckpt"),
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def composed(job: list[str], tmp_path: Path):
+    return make_cfg(tmp_path / "compose", job)
+
+
+def test_cifar_cpu_runs_follow_the_profile(tmp_path, monkeypatch):
+    jobs = planned_jobs("cifar_cpu", tmp_path, monkeypatch)
+    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 6, "fig2": 2, "fig4": 1}
+    for stage, stage_jobs in jobs.items():
+        for job in stage_jobs:
+            cfg = composed(job, tmp_path)
+            assert (
+                cfg.model.name == "resnet20"
+                and cfg.data.train_subset == 20000
+                and cfg.data.val_subset == 2000
+            )
+            assert cfg.trainer.accelerator == "cpu" and cfg.seed == 0
+            want = {"pretrain": 10, "table1": 5, "fig2": 4, "fig4": 4}[stage]
+            assert cfg.trainer.max_epochs == want, stage
+            assert (cfg.init.checkpoint is None) == (stage == "pretrain")
+    fp = composed(jobs["pretrain"][0], tmp_path)
+    assert fp.quant.bits is None and fp.optimizer.lr == 0.1 and list(fp.scheduler.milestones) == [7]
+    table1 = [composed(j, tmp_path) for j in jobs["table1"]]
+    assert {(c.ste.name, c.quant.bits) for c in table1} == {
+        (s, b) for s in ("identity", "relu", "clipped_relu") for b in (2, 4)
+    }
+    assert all(c.optimizer.lr == 0.01 and list(c.scheduler.milestones) == [3] for c in table1)
+    fig2 = [composed(j, tmp_path) for j in jobs["fig2"]]
+    assert {c.tag for c in fig2} == {"from_relu", "from_clipped_relu"}
+    assert all(c.ste.name == "identity" and c.quant.bits == 4 and c.scheduler.hold_epochs == 2 for c in fig2)
+    assert all(c.optimizer.lr * c.scheduler.hold_factor == pytest.approx(1e-5) for c in fig2)
+    fig4 = composed(jobs["fig4"][0], tmp_path)
+    assert fig4.ste.name == "relu" and fig4.quant.bits == 2 and fig4.optimizer.lr == 1e-5
+    assert fig4.scheduler._target_.endswith("ConstantLR") and fig4.scheduler.factor == 1.0
+
+
+def test_mnist_paper_runs_follow_table2(tmp_path, monkeypatch):
+    jobs = planned_jobs("mnist_paper", tmp_path, monkeypatch)
+    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 6}
+    for job in jobs["pretrain"] + jobs["table1"]:
+        cfg = composed(job, tmp_path)
+        assert cfg.model.name == "lenet5" and cfg.data.train_subset is None and cfg.data.val_subset is None
+        assert cfg.trainer.max_epochs == 50 and cfg.data.batch_size == 64  # Table 2
+        assert cfg.optimizer.lr == 0.1 and list(cfg.scheduler.milestones) == [20, 40]
+        assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 1e-4
