@@ -507,3 +507,15 @@ def test_resumed_runs_list_their_starts_and_are_not_warned(tmp_path: Path):
     text = build_report(tmp_path).read_text()
     assert "`resumed` (2 starts): 2025-01-01T00:00:00 on h1 at `abc`; 2025-01-02T00:00:00 on h2" in text
     assert "unfinished" not in text
+
+
+def test_readme_block_gets_the_headline_rows_of_this_profile(table_root: Path, tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:p -->\nold\n<!-- /results:p -->\nafter\n")
+    out = tmp_path / "docs" / "p"
+    assert main([str(table_root), "--out", str(out), "--profile", "p", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- /results:p -->\nafter\n")
+    block = text.split("<!-- results:p -->")[1]
+    assert f"({out}/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block
+    assert "| CIFAR10 | VGG11 | 4 |" not in block  # only rows that ran (the fixture has no VGG11 4-bit runs)

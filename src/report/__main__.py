@@ -1,4 +1,4 @@
-"""CLI: ``python -m src.report ROOT [--out DIR] [--profile NAME]``."""
+"""CLI: ``python -m src.report ROOT [--out DIR] [--profile NAME] [--readme README.md]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.report.build import NoRuns, build_report
+from src.report.build import NoRuns, build_report, headline, write_headline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,11 +19,20 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="output folder for report.md and figures (default ROOT/report)"
     )
     parser.add_argument("--profile", help="profile name to state in the report (default: pipeline.json's)")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="also write Table 1a's rows into this file's <!-- results:PROFILE --> block",
+    )
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         parser.error(f"{args.root} is not a directory")
     try:
-        print(build_report(args.root, args.out, args.profile))
+        path = build_report(args.root, args.out, args.profile)
+        print(path)
+        if args.readme:
+            profile = args.profile or path.parent.name
+            write_headline(args.readme, profile, headline(args.root, path.parent, profile))
     except NoRuns as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -215,13 +215,16 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines)
 
 
-def render_table1(data: dict[Key, dict[str, Cell]], metric: str) -> str:
-    """Table 1 for one metric: per STE the paper's value, ours (mean ± std, n) and ours − paper."""
+def render_table1(data: dict[Key, dict[str, Cell]], metric: str, ours_only: bool = False) -> str:
+    """Table 1 for one metric: per STE the paper's value, ours (mean ± std, n) and ours − paper; every paper row,
+    or with ``ours_only`` the rows we ran."""
     stes = ste_order({ste for row in data.values() for ste in row})
     header = ["Dataset", "Network", "BitWidth"]
     header += [f"{STE_LABELS.get(s, s)} {part}" for s in stes for part in ("paper", "ours", "Δ")]
     rows = []
     for key in row_order(data):
+        if ours_only and key not in data:
+            continue
         row = row_label(key)
         for ste in stes:
             cell, paper = data.get(key, {}).get(ste), paper_value(key, ste, metric)
