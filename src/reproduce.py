@@ -1,6 +1,6 @@
-"""The paper's protocol end to end: ``python -m src.reproduce --profile smoke|paper|demo`` (``make reproduce``).
+"""The paper's protocol end to end: ``python -m src.reproduce --profile <conf/pipeline name>`` (``make reproduce``).
 
-Stages, in order (PAPER.md §5-6): full-precision pretraining → Table 1 sweeps (STE × bits × seed, each from its
+Stages, in order (Yin et al. 2019, §4): full-precision pretraining → Table 1 sweeps (STE × bits × seed, each from its
 FP checkpoint) → Figure 2 (identity STE from the 4-bit relu / clipped_relu minima) → Figure 4 (relu STE from the
 2-bit clipped_relu minimum) → the two-layer model (theory figures, certificate, training per STE) → report.
 Runs land in <out>/<stage>/<run_name>/; a run whose summary.json says finished or diverged is skipped, so re-running
@@ -397,7 +397,9 @@ def parse_args(argv):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--profile", default="smoke", help="conf/pipeline/<profile>.yaml: paper, smoke or demo"
+        "--profile",
+        default="smoke",
+        help="conf/pipeline/<profile>.yaml: " + ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml"))),
     )
     parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--launcher", help="Hydra launcher for the sweeps, e.g. joblib or submitit_slurm")
