@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import shutil
 import sys
 import time
@@ -132,7 +133,7 @@ def record_start(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
 
 
 def start_entry(prov: dict) -> dict:
-    return {k: prov[k] for k in ("git_commit", "time_utc", "command")} | {"host": prov["hardware"]["cpu"]}
+    return {k: prov[k] for k in ("git_commit", "time_utc", "command")} | {"host": platform.node()}
 
 
 def read_json(path: Path) -> dict:
