@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.quant.ste import STE, clip_point, get_ste, staircase
+from src.quant.ste import STE, clip_point, get_ste, level_index, staircase
 
 MAX_BITS = 16
 ALPHA_MODES = ("fixed", "pact", "lsq")
@@ -48,18 +48,47 @@ def alpha_grad(grad, x, alpha, levels: int, mode: str) -> torch.Tensor:
     return (grad * dq).sum() / math.sqrt(features * levels)
 
 
+def saved_kind(ste: STE, levels: int, alpha_mode: str) -> str:
+    """What forward keeps for backward: the STE's need ("x", "level" or "nothing"), or x when α is learned (its
+    gradient reads x) or when the level index k ≤ L+1 does not fit in a byte (more than 7 bits)."""
+    if alpha_mode != "fixed" or (ste.needs == "level" and level_dtype(levels) is None):
+        return "x"
+    return ste.needs
+
+
+def level_dtype(levels: int) -> torch.dtype | None:
+    """The one-byte dtype holding k ∈ [0, L+1]; None if none does. int8 first: a CPU converts float to int8 with
+    vector instructions and to uint8 one element at a time (about 3× slower)."""
+    return torch.int8 if levels + 1 <= 127 else torch.uint8 if levels + 1 <= 255 else None
+
+
 class _QuantReLUFn(torch.autograd.Function):
-    """Forward σ_α(x); backward to x through the STE and, when α is learnable, to α by alpha_mode."""
+    """Forward σ_α(x); backward to x through the STE and, when α is learnable, to α by alpha_mode.
+
+    The staircase is computed in float32 at least, also for a bfloat16/float16 input (autocast): its thresholds
+    kα must not move with the input's precision. The output has the input's dtype.
+    """
 
     @staticmethod
     def forward(ctx, x, alpha, levels: int, ste: STE, alpha_mode: str):
-        ctx.save_for_backward(x, alpha)
         ctx.levels, ctx.ste, ctx.alpha_mode = levels, ste, alpha_mode
-        return staircase(x, alpha, levels)
+        ctx.saved = saved_kind(ste, levels, alpha_mode)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        if ctx.saved == "level":  # k once: one byte saved, and the output α·min(k, L) in place
+            k = level_index(xf, alpha, levels + 1)
+            ctx.save_for_backward(k.to(level_dtype(levels)))
+            return k.clamp_max_(levels).mul_(alpha).to(x.dtype)
+        if ctx.saved == "x":
+            ctx.save_for_backward(xf, alpha)
+        return staircase(xf, alpha, levels).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.saved != "x":  # fixed α: only x gets a gradient
+            k = ctx.saved_tensors[0] if ctx.saved == "level" else None
+            return ctx.ste.backward_level(grad, k, ctx.levels), None, None, None, None
         x, alpha = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # x is kept in float32 at least
         grad_x = ctx.ste.backward(grad, x, alpha, ctx.levels) if ctx.needs_input_grad[0] else None
         grad_alpha = None
         if ctx.needs_input_grad[1] and ctx.alpha_mode != "fixed":
@@ -77,7 +106,8 @@ def quant_relu(x, bits: int, alpha, ste: str | STE = "clipped_relu", alpha_mode:
     if alpha_mode not in ALPHA_MODES:
         raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
     if not torch.is_tensor(alpha):
-        alpha = torch.tensor(resolve_alpha(alpha, bits), dtype=x.dtype, device=x.device)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # α in float32 at least, like the staircase
+        alpha = torch.tensor(resolve_alpha(alpha, bits), dtype=dtype, device=x.device)
     return _QuantReLUFn.apply(x, alpha, 2**bits - 1, get_ste(ste, **ste_kwargs), alpha_mode)
 
 

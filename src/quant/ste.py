@@ -6,7 +6,9 @@ of non-zero levels ``levels`` = L = 2^b − 1; the clip point is c = L·α. The 
 ``identity``, ``relu`` and ``clipped_relu``; the others go beyond it.
 
 An STE instance holds its hyper-parameters (validated on construction); ``STES[name](**kwargs)`` builds one.
-``backward(grad, x, alpha, levels)`` is what autograd calls; by default it is ``grad * dmu(x)``.
+``backward(grad, x, alpha, levels)`` is what autograd calls; by default it is ``grad * dmu(x)``. An STE whose μ′
+is a function of the level index k (below) declares ``needs = "level"`` and writes ``backward_level`` instead:
+the quantizer then keeps one byte per element for backward instead of the four of a float32 x.
 """
 
 from __future__ import annotations
@@ -48,16 +50,27 @@ def clip_point(alpha: torch.Tensor, levels: int) -> torch.Tensor:
     return alpha * levels
 
 
+def level_index(x: torch.Tensor, alpha: torch.Tensor, top: int) -> torch.Tensor:
+    """k = clamp(ceil(x/α), 0, top) in x's dtype: 0 ⇔ x ≤ 0, k ⇔ x ∈ ((k−1)α, kα]; with top = L+1, L+1 ⇔ x > c."""
+    return (x / alpha).ceil_().clamp_(0, top)  # in place on the fresh quotient: one allocation
+
+
 def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:
-    """σ_α(x): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (Yin et al. 2019, §4; the ceil form of the authors' code)."""
-    return (x / alpha).ceil_().clamp_(0, levels).mul_(alpha)  # in place on the fresh quotient: one allocation
+    """σ_α(x) = α·clamp(ceil(x/α), 0, L): 0 for x ≤ 0, kα on ((k−1)α, kα], Lα above (L−1)α (Yin et al. 2019, §4;
+    the ceil form of the authors' code)."""
+    return level_index(x, alpha, levels).mul_(alpha)
 
 
 class STE:
-    """Base class: backward is ``grad · μ′(x)``. ``x_only`` says μ′ depends on x alone (not on the gradient)."""
+    """Base class: backward is ``grad · μ′(x)``. ``x_only`` says μ′ depends on x alone (not on the gradient).
+
+    ``needs`` is what backward reads, so what the quantizer saves in forward: "x" (the pre-activation), "level"
+    (the level index k = clamp(ceil(x/α), 0, L+1), one byte) or "nothing".
+    """
 
     name = ""
     x_only = True
+    needs = "x"
 
     def __init__(self):  # hyper-parameters, if any, are an STE's __init__ arguments with their defaults
         pass
@@ -79,11 +92,29 @@ class STE:
         return f"{self.name}({args})"
 
 
+class LevelSTE(STE):
+    """An STE whose μ′ is a function of the level index k alone: 1{x>0} = 1{k≥1}, 1{x≤c} = 1{k≤L}.
+
+    k comes from the forward's own arithmetic ceil(x/α), so a mask agrees with the staircase at every boundary.
+    """
+
+    needs = "level"
+
+    def backward(self, grad, x, alpha, levels):
+        # the quantizer kept x (learned α, or too many levels for a byte): k from x, the same arithmetic
+        return self.backward_level(grad, level_index(x, alpha, levels + 1), levels)
+
+    def backward_level(self, grad, k, levels):
+        """Gradient to x from the level index k (any dtype; None when ``needs`` is "nothing")."""
+        raise NotImplementedError
+
+
 @register
-class Identity(STE):
+class Identity(LevelSTE):
     """μ(x) = x, μ′(x) = 1. Hinton 2012 (lecture 9c); Bengio et al. 2013. The paper's identity STE, eq. (14)."""
 
     name = "identity"
+    needs = "nothing"
 
     def mu(self, x, alpha, levels):
         return x
@@ -91,12 +122,12 @@ class Identity(STE):
     def dmu(self, x, alpha, levels):
         return torch.ones_like(x)
 
-    def backward(self, grad, x, alpha, levels):
+    def backward_level(self, grad, k, levels):
         return grad  # μ′ ≡ 1: skip the multiply
 
 
 @register
-class ReLU(STE):
+class ReLU(LevelSTE):
     """μ(x) = max(x, 0), μ′(x) = 1{x>0}. HWGQ (Cai et al. 2017); the paper's vanilla ReLU STE, eq. (11)."""
 
     name = "relu"
@@ -107,12 +138,14 @@ class ReLU(STE):
     def dmu(self, x, alpha, levels):
         return (x > 0).to(x.dtype)
 
-    def backward(self, grad, x, alpha, levels):
-        return torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own fused backward: grad·1{x>0}
+    def backward_level(self, grad, k, levels):
+        # x > 0 ⇔ k ≥ 1 (unless x/α underflows to 0, where σ_α is 0 too); ReLU's fused backward grad·1{k>0}; k is
+        # cast first because mixed-dtype kernels are slow on a CPU
+        return torch.ops.aten.threshold_backward(grad, k.to(grad.dtype), 0)
 
 
 @register
-class ClippedReLU(STE):
+class ClippedReLU(LevelSTE):
     """μ(x) = min(max(x, 0), c), μ′(x) = 1{0<x≤c}. HWGQ; the paper's best STE, eq. (26) for b=1, α=1."""
 
     name = "clipped_relu"
@@ -123,9 +156,9 @@ class ClippedReLU(STE):
     def dmu(self, x, alpha, levels):
         return ((x > 0) & (x <= clip_point(alpha, levels))).to(x.dtype)
 
-    def backward(self, grad, x, alpha, levels):
-        # 0 < x ≤ Lα ⇔ 1 ≤ ceil(x/α) ≤ L, the forward's own arithmetic: one fused mask kernel, α stays a tensor
-        return torch.ops.aten.hardtanh_backward(grad, torch.ceil(x / alpha), 0.5, levels + 0.5)
+    def backward_level(self, grad, k, levels):
+        # 0 < x ≤ Lα ⇔ 1 ≤ k ≤ L: hardtanh's fused backward grad·1{0.5<k<L+0.5}
+        return torch.ops.aten.hardtanh_backward(grad, k.to(grad.dtype), 0.5, levels + 0.5)
 
 
 @register
