@@ -75,9 +75,11 @@ class _QuantReLUFn(torch.autograd.Function):
         ctx.saved = saved_kind(ste, levels, alpha_mode)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         if ctx.saved == "level":  # k once: one byte saved, and the output α·min(k, L) in place
-            k = level_index(xf, alpha, levels + 1)
+            k = level_index(xf, alpha, levels + 1 if ste.beyond_clip else levels)
             ctx.save_for_backward(k.to(level_dtype(levels)))
-            return k.clamp_max_(levels).mul_(alpha).to(x.dtype)
+            if ste.beyond_clip:
+                k.clamp_max_(levels)  # the output's level min(k, L)
+            return k.mul_(alpha).to(x.dtype)
         if ctx.saved == "x":
             ctx.save_for_backward(xf, alpha)
         return staircase(xf, alpha, levels).to(x.dtype)

@@ -99,6 +99,7 @@ class LevelSTE(STE):
     """
 
     needs = "level"
+    beyond_clip = True  # backward tells x > c (k = L+1) from x ∈ ((L−1)α, c] (k = L); if not, k stops at L
 
     def backward(self, grad, x, alpha, levels):
         # the quantizer kept x (learned α, or too many levels for a byte): k from x, the same arithmetic
@@ -131,6 +132,7 @@ class ReLU(LevelSTE):
     """μ(x) = max(x, 0), μ′(x) = 1{x>0}. HWGQ (Cai et al. 2017); the paper's vanilla ReLU STE, eq. (11)."""
 
     name = "relu"
+    beyond_clip = False  # 1{k≥1} only: the forward saves a pass (its k is the output's level)
 
     def mu(self, x, alpha, levels):
         return x.clamp_min(0)
@@ -139,9 +141,8 @@ class ReLU(LevelSTE):
         return (x > 0).to(x.dtype)
 
     def backward_level(self, grad, k, levels):
-        # x > 0 ⇔ k ≥ 1 (unless x/α underflows to 0, where σ_α is 0 too); ReLU's fused backward grad·1{k>0}; k is
-        # cast first because mixed-dtype kernels are slow on a CPU
-        return torch.ops.aten.threshold_backward(grad, k.to(grad.dtype), 0)
+        # x > 0 ⇔ k ≥ 1 (unless x/α underflows to 0, where σ_α is 0 too): ReLU's fused backward grad·1{k>0}
+        return torch.ops.aten.threshold_backward(grad, k, 0)
 
 
 @register
@@ -158,7 +159,7 @@ class ClippedReLU(LevelSTE):
 
     def backward_level(self, grad, k, levels):
         # 0 < x ≤ Lα ⇔ 1 ≤ k ≤ L: hardtanh's fused backward grad·1{0.5<k<L+0.5}
-        return torch.ops.aten.hardtanh_backward(grad, k.to(grad.dtype), 0.5, levels + 0.5)
+        return torch.ops.aten.hardtanh_backward(grad, k, 0.5, levels + 0.5)
 
 
 @register
