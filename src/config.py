@@ -157,8 +157,12 @@ def validate_data(cfg: DictConfig) -> None:
         if cfg.data.get(name) is not None:
             _integer(cfg.data[name], f"data.{name}")
     check_arguments(cfg.data, "data")
-    # the architecture's own arguments; channels_last is build_model's
-    sizes = {k: cfg.model[k] for k in cfg.model if k not in HYDRA_KEYS | {"name", "channels_last"}}
+    # the architecture's own arguments; channels_last and compile are build_model's
+    sizes = {
+        k: cfg.model[k]
+        for k in cfg.model
+        if k not in HYDRA_KEYS | {"name", "channels_last", "compile", "compile_mode"}
+    }
     _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
 
 

@@ -37,12 +37,16 @@ def build_model(
     in_shape=(3, 32, 32),
     num_classes=10,
     channels_last: bool = False,
+    compile: bool = False,
+    compile_mode: str = "default",
     **sizes,
 ) -> nn.Module:
     """Build a registry model; ``sizes`` are the architecture's own size arguments (from conf/model).
 
     ``channels_last`` stores conv weights and inputs NHWC (faster for ResNet-20 on CPU and CUDA, see
     benchmarks/bench_train.py); a pre-hook converts every input, and the state dict is the same either way.
+    ``compile`` runs the forward through torch.compile (``compile_mode``: default, reduce-overhead,
+    max-autotune); ``nn.Module.compile`` works in place, so the state-dict keys, and checkpoints, stay the same.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
@@ -50,6 +54,8 @@ def build_model(
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model.register_forward_pre_hook(_to_channels_last)
+    if compile:
+        model.compile(mode=compile_mode)
     return model
 
 

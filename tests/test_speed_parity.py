@@ -1,12 +1,19 @@
 """The speed work changes memory and time, never numbers: bytes saved for backward, float32 thresholds under
 autocast, and torch.compile (model.compile) against eager."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
 
-from src.quant import STES, quant_relu
+from src.config import validate
+from src.models import build_model
+from src.quant import STES, QuantReLU, quant_relu
 from src.quant.memory import saved_bytes
+from tests.runs import FAST, make_cfg
 from tests.test_quant import grad_oracle, grads_through
 
 PAPER = ("identity", "relu", "clipped_relu")
@@ -66,3 +73,45 @@ def test_autocast_keeps_float32_thresholds(name):
     assert not torch.equal(in_bf16, (xb.detach().float() / 0.6508).ceil().clamp(0, 3))  # the test can tell
     outb.float().sum().backward()
     assert xb.grad.dtype == torch.bfloat16
+
+
+# ---- model.compile -------------------------------------------------------------------------------------------
+
+
+def test_compile_knobs_validate_and_keep_the_state_dict(tmp_path):
+    """model.compile is build_model's, not an architecture size; the compiled model loads eager checkpoints."""
+    cfg = make_cfg(tmp_path, ["model=tiny", "+model.compile=true", "+model.compile_mode=default", *FAST])
+    validate(cfg)
+    compiled = instantiate(cfg.model, act=instantiate(cfg.quant), in_shape=(3, 32, 32), num_classes=10)
+    eager = build_model("tiny", act=instantiate(cfg.quant))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    compiled.load_state_dict(eager.state_dict())
+
+
+@pytest.mark.slow  # about 25 s each on a busy 2-core CPU: Inductor compiles forward and backward
+@pytest.mark.parametrize("name", PAPER)
+def test_compiled_model_trains_like_eager(name):
+    """Two SGD steps of LeNet-5 (channels_last) compiled and eager from the same weights: same outputs and grads.
+
+    float64: in float32 the ~1e-7 differences of Inductor's kernels move an x across a step edge kα after the
+    first update, and one flipped level in the first layer changes all of its weight gradient.
+    """
+    torch._dynamo.reset()
+    act = partial(QuantReLU, 2, "lloyd", name)
+    models = [build_model("lenet5", act, (1, 28, 28), channels_last=True, compile=c) for c in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    models = [m.double() for m in models]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 1, 28, 28, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (32,), generator=gen)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+    for _ in range(2):
+        outs = []
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad()
+            outs.append(model(x))
+            F.cross_entropy(outs[-1], y).backward()
+            opt.step()
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-10)
+        for p_c, p_e in zip(models[1].parameters(), models[0].parameters(), strict=True):
+            torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-8, atol=1e-10)
