@@ -52,8 +52,24 @@ local-data: install  ## dev/CI only: genuine MNIST and the CIFAR-10 JPEG rebuild
 wandb-sync: install  ## upload every offline W&B run under outputs/ (after `wandb login`)
 	find outputs -type d -path '*/wandb/offline-run-*' -prune -print0 | xargs -0 -r $(VENV)/bin/wandb sync
 
-bench: install  ## benchmarks: QuantReLU vs nn.ReLU train step, 10^4 exact CGD steps
-	$(PY) benchmarks/bench_quant.py
+bench: install  ## benchmarks: train step, memory and epoch of QuantReLU vs nn.ReLU; 10^4 exact CGD steps (ARGS go to bench_train)
+	$(PY) benchmarks/bench_train.py $(ARGS)
 	$(PY) benchmarks/bench_theory.py
 
-.PHONY: help install test test-all lint train demo reproduce local-data wandb-sync bench
+# Offline GPU nodes: `make wheelhouse PY=3.12` on a machine with internet and python3 >= 3.11 (PY: the node's Python
+# version, default this machine's; Linux x86-64 wheels), copy the checkout with wheelhouse/ over, then
+# `make install-offline` there.
+wheelhouse:  ## download every dependency wheel (torch pins included) for an offline node: make wheelhouse PY=3.12
+	python3 -m pip wheel -q --no-deps --wheel-dir wheelhouse antlr4-python3-runtime==4.9.3  # hydra's, sdist only: pure Python
+	python3 -m pip download --dest wheelhouse --find-links wheelhouse --only-binary=:all: \
+		--python-version $(or $(filter 3.%,$(PY)),$(shell python3 -c 'import sys; print(*sys.version_info[:2], sep=".")')) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		$(TORCH_PINS) $(shell python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+			print(*[repr(d) for d in p["project"]["dependencies"] + p["project"]["optional-dependencies"]["dev"] + p["build-system"]["requires"]])')
+
+install-offline:  ## create .venv from wheelhouse/ alone (no internet): after `make wheelhouse` elsewhere
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --no-index --find-links wheelhouse $(TORCH_PINS) -e '.[dev]'  # setuptools too, for -e
+	touch $(VENV)/.installed
+
+.PHONY: help install test test-all lint train demo reproduce local-data wandb-sync bench wheelhouse install-offline

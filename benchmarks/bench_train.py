@@ -1,0 +1,247 @@
+"""Training speed of QuantReLU against nn.ReLU, on whatever device this machine has (CUDA if any, else CPU).
+
+    python benchmarks/bench_train.py [--models lenet5,vgg11,resnet20] [--variants float,identity,relu,clipped_relu]
+        [--layouts nchw,channels_last,compiled] [--rounds 5] [--steps 2] [--sections step,memory,epoch]
+
+Three tables, each run on one device named in the header:
+- step: median seconds per SGD step of each model × activation × layout (nchw eager, channels_last eager,
+  compiled = channels_last under torch.compile), on a fixed random batch of the model's input shape and Table 2
+  batch size (LeNet-5 64, VGG-11 and ResNet-20 128), and the ratio to the float ReLU of the same layout. Each
+  round times every variant of a model in turn (interleaved, so drift in machine load hits all alike).
+- memory: bytes each activation keeps for backward per element, and what a ResNet-20 forward keeps in all
+  (torch.autograd.graph.saved_tensors_hooks; on CUDA also the peak memory of a step).
+- epoch: a Lightning fit of src.module.STEModule (LeNet-5, random MNIST-shaped batches) against a bare PyTorch
+  loop with the same model, optimizer and batches; on CUDA also with the batches already on the device.
+The CPU default skips the compiled layout (minutes of compilation): add it with --layouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+import warnings
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.batches import Batches
+from src.models import build_model
+from src.module import STEModule
+from src.provenance import cpu_name
+from src.quant import QuantReLU
+from src.quant.memory import saved_bytes
+
+INPUT = {"lenet5": ((1, 28, 28), 64), "vgg11": ((3, 32, 32), 128), "resnet20": ((3, 32, 32), 128)}  # Table 2
+LAYOUTS = {
+    "nchw": {},
+    "channels_last": {"channels_last": True},
+    "compiled": {"channels_last": True, "compile": True},
+}
+PAPER_STES = ("identity", "relu", "clipped_relu")
+
+
+def activation(variant: str, bits: int):
+    """The activation factory of a variant: "float" is nn.ReLU, any other name a QuantReLU with that STE."""
+    return nn.ReLU if variant == "float" else partial(QuantReLU, bits, "lloyd", variant)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def make_step(model_name: str, act, layout: str, device: torch.device):
+    """A closure running one SGD step of a freshly seeded model on a fixed random batch (on ``device``)."""
+    in_shape, batch = INPUT[model_name]
+    torch.manual_seed(0)
+    model = build_model(model_name, act, in_shape, **LAYOUTS[layout]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, *in_shape, device=device), torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def time_interleaved(steps: dict, rounds: int, per_round: int, device) -> dict[str, float]:
+    """Median seconds per call of each closure, every round calling each in turn after two warm-up calls."""
+    for step in steps.values():  # warm-up: allocator, oneDNN/cuDNN algorithms, compilation
+        step(), step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / per_round)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def step_table(args, device) -> None:
+    print(
+        f"\n## Train step, {args.bits}-bit, median of {args.rounds} interleaved rounds × {args.steps} steps"
+    )
+    print(f"{'model':<10}{'layout':<15}{'activation':<14}{'batch':>6}{'s/step':>10}{'× float':>9}")
+    for model_name in args.models:
+        steps = {
+            (layout, v): make_step(model_name, activation(v, args.bits), layout, device)
+            for layout in args.layouts
+            for v in args.variants
+        }
+        median = time_interleaved(steps, args.rounds, args.steps, device)
+        for (layout, v), seconds in median.items():
+            base = median.get((layout, "float"))
+            ratio = f"{seconds / base:9.3f}" if base else f"{'—':>9}"
+            print(f"{model_name:<10}{layout:<15}{v:<14}{INPUT[model_name][1]:>6}{seconds:>10.4f}{ratio}")
+
+
+def memory_table(args, device) -> None:
+    print("\n## Memory kept for backward (ResNet-20, channels_last, batch 128)")
+    print(f"{'activation':<14}{'B/element':>10}{'forward saves MB':>18}{'peak step MB':>14}")
+    for v in args.variants:
+        act = activation(v, args.bits)().to(device)
+        x = torch.randn(1 << 16, device=device, requires_grad=True)
+        per_element = saved_bytes(act, x)[1] / x.numel()
+        model = build_model("resnet20", activation(v, args.bits), channels_last=True).to(device)
+        batch = torch.randn(128, 3, 32, 32, device=device)
+        _, total = saved_bytes(model, batch)
+        print(f"{v:<14}{per_element:>10.2f}{total / 2**20:>18.1f}{peak_step_mb(model, batch, device):>14}")
+
+
+def peak_step_mb(model: nn.Module, batch: torch.Tensor, device) -> str:
+    """Peak device memory of one forward and backward, in MB (CUDA only: a CPU has no allocator statistics)."""
+    if device.type != "cuda":
+        return "—"
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    F.cross_entropy(model(batch), torch.zeros(len(batch), dtype=torch.long, device=device)).backward()
+    sync(device)
+    return f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f}"
+
+
+class EpochTimer(pl.Callback):
+    """Seconds of the last training epoch, read between Lightning's own epoch hooks."""
+
+    def on_train_epoch_start(self, trainer, module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        sync(module.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def lightning_epoch(model: nn.Module, batches: list, device) -> float:
+    """Seconds of the second epoch of a Lightning fit of STEModule over ``batches`` (the first warms up)."""
+    module = STEModule(model, partial(torch.optim.SGD, lr=0.01, momentum=0.9), num_classes=10)
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_epochs=2,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    loader = Batches(lambda epoch: iter(batches), len(batches), lambda: None)  # the datamodules' loader type
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.seconds
+
+
+def bare_epoch(model: nn.Module, batches: list, device) -> float:
+    """Seconds of the second pass of a plain loop: batch to device, forward, loss, backward, SGD step."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(2):
+        sync(device)
+        start = time.perf_counter()
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        sync(device)
+    return time.perf_counter() - start
+
+
+def epoch_table(args, device) -> None:
+    print(
+        f"\n## Epoch of {args.epoch_steps} LeNet-5 steps (batch 64, clipped_relu {args.bits}-bit): Lightning vs bare loop"
+    )
+    print(f"{'data':<10}{'Lightning s':>12}{'bare s':>10}{'ratio':>8}")
+    gen = torch.Generator().manual_seed(0)
+    host = [
+        (torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+        for _ in range(args.epoch_steps)
+    ]
+    places = {"host": host}
+    if device.type == "cuda":
+        places["device"] = [(x.to(device), y.to(device)) for x, y in host]
+    torch.manual_seed(0)
+    model = build_model("lenet5", activation("clipped_relu", args.bits), (1, 28, 28))
+    for place, batches in places.items():
+        framework = lightning_epoch(copy.deepcopy(model), batches, device)
+        bare = bare_epoch(copy.deepcopy(model), batches, device)
+        print(f"{place:<10}{framework:>12.3f}{bare:>10.3f}{framework / bare:>8.3f}")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    csv = lambda s: s.split(",")  # noqa: E731
+    parser.add_argument(
+        "--models", type=csv, default=list(INPUT), help="comma-separated, from " + ",".join(INPUT)
+    )
+    parser.add_argument("--variants", type=csv, default=["float", *PAPER_STES], help="float and/or STE names")
+    parser.add_argument(
+        "--layouts", type=csv, default=None, help="nchw,channels_last,compiled (CPU default: eager two)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="steps timed per variant per round")
+    parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--epoch-steps", type=int, default=100, help="batches per epoch in the epoch table")
+    parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.layouts is None:
+        args.layouts = list(LAYOUTS) if args.device.startswith("cuda") else ["nchw", "channels_last"]
+    for name, given, valid in [("models", args.models, INPUT), ("layouts", args.layouts, LAYOUTS)]:
+        if unknown := set(given) - set(valid):
+            parser.error(f"unknown {name} {sorted(unknown)}; valid: {', '.join(valid)}")
+    return args
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    warnings.filterwarnings("ignore")  # Lightning's advice on loader workers and logging intervals
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    threads = f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
+    print(
+        f"# {device_name(device)} ({device.type}{threads}); torch {torch.__version__}, Lightning {pl.__version__}"
+    )
+    tables = {"step": step_table, "memory": memory_table, "epoch": epoch_table}
+    for section in args.sections:
+        tables[section](args, device)
+
+
+if __name__ == "__main__":
+    main()
