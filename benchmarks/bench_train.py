@@ -94,6 +94,7 @@ def step_table(args, device) -> None:
     )
     print(f"{'model':<10}{'layout':<15}{'activation':<14}{'batch':>6}{'s/step':>10}{'× float':>9}")
     for model_name in args.models:
+        torch._dynamo.reset()  # compiled code of the previous model: it would count against dynamo's cache limit
         steps = {
             (layout, v): make_step(model_name, activation(v, args.bits), layout, device)
             for layout in args.layouts
