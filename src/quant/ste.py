@@ -65,7 +65,7 @@ class STE:
     """Base class: backward is ``grad · μ′(x)``. ``x_only`` says μ′ depends on x alone (not on the gradient).
 
     ``needs`` is what backward reads, so what the quantizer saves in forward: "x" (the pre-activation), "level"
-    (the level index k = clamp(ceil(x/α), 0, L+1), one byte) or "nothing".
+    (the one-byte level index k of ``LevelSTE``) or "nothing".
     """
 
     name = ""
@@ -103,7 +103,8 @@ class LevelSTE(STE):
 
     def backward(self, grad, x, alpha, levels):
         # the quantizer kept x (learned α, or too many levels for a byte): k from x, the same arithmetic
-        return self.backward_level(grad, level_index(x, alpha, levels + 1), levels)
+        k = None if self.needs == "nothing" else level_index(x, alpha, levels + 1)
+        return self.backward_level(grad, k, levels)
 
     def backward_level(self, grad, k, levels):
         """Gradient to x from the level index k (any dtype; None when ``needs`` is "nothing")."""
