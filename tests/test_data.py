@@ -38,6 +38,12 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+def fake_trainer(epoch: int, global_rank: int = 0, world_size: int = 1, **rest) -> SimpleNamespace:
+    """What the datamodules read of a Lightning trainer: the epoch about to train (epochs processed), rank, size."""
+    progress = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epoch)))
+    return SimpleNamespace(fit_loop=progress, global_rank=global_rank, world_size=world_size, **rest)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch) -> list[str]:
     """Every URL torchvision tries to open fails as offline; the list records the attempts."""
@@ -184,7 +190,7 @@ def test_attached_trainer_sets_the_epoch(tmp_path):
     dm = loaded(MNISTDataModule, tmp_path)
     unattached = dm.train_dataloader()
     epochs = [epoch_pixels(unattached) for _ in range(3)]
-    dm.trainer = SimpleNamespace(current_epoch=2, global_rank=0, world_size=1)
+    dm.trainer = fake_trainer(2, global_rank=0, world_size=1)
     assert torch.equal(epoch_pixels(dm.train_dataloader()), epochs[2])  # e.g. after resuming at epoch 2
     assert torch.equal(epoch_pixels(dm.train_dataloader()), epochs[2])  # iterating again does not advance
 
@@ -194,7 +200,7 @@ def test_ddp_ranks_get_disjoint_equal_shards(tmp_path):
     shards = []
     for rank in range(2):
         dm = MNISTDataModule(root=tmp_path, verify_checksums=False, train_subset=255, batch_size=50)
-        dm.trainer = SimpleNamespace(current_epoch=0, global_rank=rank, world_size=2, strategy=None)
+        dm.trainer = fake_trainer(0, global_rank=rank, world_size=2, strategy=None)
         dm.setup("fit")
         loader = dm.train_dataloader()
         shards.append(to_uint8(epoch_pixels(loader), dm).flatten(1))
@@ -253,7 +259,7 @@ def test_batches_are_made_on_the_trainers_device_when_on_device(tmp_path):
     write_cifar10(tmp_path)
     meta = SimpleNamespace(root_device=torch.device("meta"))
     dm = CIFAR10DataModule(root=tmp_path, verify_checksums=False, on_device=True)
-    dm.trainer = SimpleNamespace(current_epoch=0, global_rank=0, world_size=1, strategy=meta)
+    dm.trainer = fake_trainer(0, global_rank=0, world_size=1, strategy=meta)
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.device.type == y.device.type == "meta" and x.shape == (128, 3, 32, 32)
@@ -513,7 +519,7 @@ def test_gaussian_ddp_ranks_draw_interleaved_streams():
     single = [z for z, _ in GaussianDataModule(batches_per_epoch=4).train_dataloader()]
     for rank in range(2):
         dm = GaussianDataModule(batches_per_epoch=2)
-        dm.trainer = SimpleNamespace(current_epoch=0, global_rank=rank, world_size=2)
+        dm.trainer = fake_trainer(0, global_rank=rank, world_size=2)
         ours = [z for z, _ in dm.train_dataloader()]
         assert torch.equal(ours[0], single[rank]) and torch.equal(ours[1], single[2 + rank])
 
