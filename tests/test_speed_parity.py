@@ -80,7 +80,7 @@ def test_autocast_keeps_float32_thresholds(name):
 
 def test_compile_knobs_validate_and_keep_the_state_dict(tmp_path):
     """model.compile is build_model's, not an architecture size; the compiled model loads eager checkpoints."""
-    cfg = make_cfg(tmp_path, ["model=tiny", "+model.compile=true", "+model.compile_mode=default", *FAST])
+    cfg = make_cfg(tmp_path, ["model=tiny", "model.compile=true", "model.compile_mode=default", *FAST])
     validate(cfg)
     compiled = instantiate(cfg.model, act=instantiate(cfg.quant), in_shape=(3, 32, 32), num_classes=10)
     eager = build_model("tiny", act=instantiate(cfg.quant))
