@@ -20,6 +20,14 @@ LABELS = {
 }
 
 
+def color(label: str) -> str | None:
+    """One colour per registry STE in every figure (curves and bars agree); other labels take the default cycle."""
+    from src.quant.ste import STES
+
+    names = list(STES)
+    return f"C{names.index(label) % 10}" if label in names else None
+
+
 def save(fig, path: Path, n_labels: int) -> Path:
     """Legend below the axes (never over data), then a small PNG."""
     handles, labels = fig.axes[0].get_legend_handles_labels()
@@ -48,7 +56,12 @@ def plot_curves(
                 continue
             stats = pd.concat(series, axis=1).agg(["mean", "min", "max"], axis=1)  # epoch × (mean, min, max)
             line = ax.plot(
-                stats.index, stats["mean"], marker="o" if len(stats) < 30 else None, ms=3, label=label
+                stats.index,
+                stats["mean"],
+                marker="o" if len(stats) < 30 else None,
+                ms=3,
+                label=label,
+                color=color(label),
             )
             if len(series) > 1:
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.2)
@@ -67,10 +80,13 @@ def plot_bars(bars: pd.DataFrame, order: list[str], path: Path, title: str) -> P
     """Grouped bars: ``bars`` has one row per bit width and columns ("mean" | "std", STE); STEs in ``order``."""
     order = [s for s in order if s in bars["mean"]]
     means, stds = bars["mean"][order], bars["std"][order]
-    fig, ax = plt.subplots(
-        figsize=(1.2 + 1.1 * len(bars) * max(len(means.columns), 1) / 2, 3.6), layout="constrained"
-    )
-    means.plot.bar(yerr=stds.fillna(0), ax=ax, capsize=3, rot=0, legend=False, width=0.8)
+    width = max(4.6, 1.2 + 1.1 * len(bars) * max(len(means.columns), 1) / 2)  # the title must fit
+    fig, ax = plt.subplots(figsize=(width, 3.6), layout="constrained")
+    colors = [color(s) for s in order]
+    means.plot.bar(
+        yerr=stds.fillna(0), ax=ax, capsize=3, rot=0, legend=False, width=0.8,
+        color=colors if None not in colors else None,
+    )  # fmt: skip
     low = means.min().min()
     ax.set_ylim(max(0, low - 10) if pd.notna(low) else 0, 100)  # accuracy in %: zoom on the differences
     ax.set(xlabel="bit width", ylabel="final validation accuracy (%)")
