@@ -32,7 +32,10 @@ def save(fig, path: Path, n_labels: int) -> Path:
     """Legend below the axes (never over data), then a small PNG."""
     handles, labels = fig.axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(n_labels, 4), fontsize=8)
+        ncol = max(
+            1, min(n_labels, int(fig.get_figwidth() // 1.5))
+        )  # ~1.5 in a label: never wider than the figure
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
