@@ -70,7 +70,10 @@ class STEModule(pl.LightningModule):
         x, y = batch
         loss = self.loss_fn(self(x), y)
         self.train_loss.update(loss, weight=len(y))
-        self.log("loss", loss, prog_bar=True, logger=False)  # the progress bar only; metrics.csv has the mean
+        if self.trainer.progress_bar_callback is not None:  # no per-step logging cost when no bar is shown
+            self.log(
+                "loss", loss, prog_bar=True, logger=False
+            )  # the bar only; metrics.csv has the epoch mean
         return loss
 
     def on_train_epoch_start(self):

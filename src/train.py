@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from src.config import ConfigError, register_resolvers, validate
+from src.config import ConfigError, check_checkpoint, checkpoint_file, register_resolvers, validate
 from src.module import STEModule
 from src.provenance import provenance
 from src.rundir import SaveError, atomic_write, finite
@@ -101,18 +101,16 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     summary = read_json(run_dir / "summary.json")
     if summary.get("status", "finished" if summary else None) in DONE:
         raise ConfigError(f"{run_dir} already holds a {summary.get('status', 'finished')} run (summary.json)")
-    path = Path(cfg.resume) if cfg.resume else run_dir / "checkpoints" / "last.ckpt"
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+    path = checkpoint_file(cfg.resume or str(run_dir))
     if not path.is_file():
         if cfg.resume:
             raise ConfigError(f"resume: no checkpoint at {path}")
         return None
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        old = OmegaConf.load(saved)
+        old, new = OmegaConf.load(saved), OmegaConf.create(run_config(cfg))
         for key in IDENTITY:
-            if OmegaConf.select(old, key) != OmegaConf.select(OmegaConf.create(run_config(cfg)), key):
+            if OmegaConf.select(old, key) != OmegaConf.select(new, key):
                 raise ConfigError(
                     f"resume: {run_dir} was trained with another {key} ({saved}); repeat that run's overrides"
                 )
@@ -161,13 +159,8 @@ def load_weights(module: STEModule, path: str) -> None:
 
     α follows this run's quant config: a checkpoint's α (another bit width, or none for FP) is not loaded.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(
-            f"init.checkpoint {path} is not a readable checkpoint: {str(err).splitlines()[0]}"
-        ) from None
-    state = {k: v for k, v in state.get("state_dict", state).items() if not k.endswith(".alpha")}
+    state = check_checkpoint(path, "init.checkpoint")  # readable, holds a state_dict (one-line errors)
+    state = {k: v for k, v in state["state_dict"].items() if not k.endswith(".alpha")}
     own = {k for k in module.state_dict() if not k.endswith(".alpha")}
     if set(state) != own:
         raise ConfigError(
