@@ -10,6 +10,8 @@ Three tables, each run on one device named in the header:
   round times every variant of a model in turn (interleaved, so drift in machine load hits all alike).
 - memory: bytes each activation keeps for backward per element, and what a ResNet-20 forward keeps in all
   (torch.autograd.graph.saved_tensors_hooks; on CUDA also the peak memory of a step).
+- concurrency: steps per second of 1, 2, 4, 8 ResNet-20 runs side by side on one device (one process each, as
+  the joblib launcher runs sweep jobs), and the ratio to one run.
 - epoch: a Lightning fit of src.module.STEModule (LeNet-5, random MNIST-shaped batches) against a bare PyTorch
   loop with the same model, optimizer and batches; on CUDA also with the batches already on the device.
 The CPU default skips the compiled layout (minutes of compilation): add it with --layouts.
@@ -199,6 +201,42 @@ def epoch_table(args, device) -> None:
         print(f"{place:<10}{framework:>12.3f}{bare:>10.3f}{framework / bare:>8.3f}")
 
 
+def concurrent_worker(device: str, threads: int, seconds: float, start, result) -> None:
+    """One of N processes: ResNet-20 2-bit clipped_relu steps on its own model until ``seconds`` have passed."""
+    torch.set_num_threads(threads)
+    step = make_step("resnet20", activation("clipped_relu", 2), "channels_last", torch.device(device))
+    step(), step()  # warm-up before the common start
+    start.wait()
+    count, begin = 0, time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        step()
+        count += 1
+    sync(torch.device(device))
+    result.put(count / (time.perf_counter() - begin))
+
+
+def concurrency_table(args, device) -> None:
+    """Throughput of N ResNet-20 runs side by side on one device (separate processes, as the joblib launcher
+    runs sweep jobs); on a CPU each gets cores // N threads."""
+    print(
+        f"\n## {', '.join(map(str, args.concurrent))} concurrent ResNet-20 runs (2-bit, batch 128, {args.seconds:g} s)"
+    )
+    print(f"{'runs':>5}{'steps/s':>10}{'× one run':>11}")
+    ctx, one = torch.multiprocessing.get_context("spawn"), None
+    for n in args.concurrent:
+        threads = max(1, torch.get_num_threads() // n) if device.type == "cpu" else 1
+        start, result = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=concurrent_worker, args=(str(device), threads, args.seconds, start, result))
+                 for _ in range(n)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        total = sum(result.get() for _ in procs)
+        for proc in procs:
+            proc.join()
+        one = one or total
+        print(f"{n:>5}{total:>10.2f}{total / one:>11.2f}")
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
@@ -219,11 +257,20 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=2, help="steps timed per variant per round")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--epoch-steps", type=int, default=100, help="batches per epoch in the epoch table")
-    parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch"])
+    parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch", "concurrency"])
+    parser.add_argument(
+        "--concurrent",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=None,
+        help="run counts of the concurrency table (default 1,2,4,8 on CUDA, 1,2 on a CPU)",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per concurrency row")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.layouts is None:
         args.layouts = list(LAYOUTS) if args.device.startswith("cuda") else ["nchw", "channels_last"]
+    if args.concurrent is None:
+        args.concurrent = [1, 2, 4, 8] if args.device.startswith("cuda") else [1, 2]
     for name, given, valid in [("models", args.models, INPUT), ("layouts", args.layouts, LAYOUTS)]:
         if unknown := set(given) - set(valid):
             parser.error(f"unknown {name} {sorted(unknown)}; valid: {', '.join(valid)}")
@@ -239,7 +286,12 @@ def main():
     print(
         f"# {device_name(device)} ({device.type}{threads}); torch {torch.__version__}, Lightning {pl.__version__}"
     )
-    tables = {"step": step_table, "memory": memory_table, "epoch": epoch_table}
+    tables = {
+        "step": step_table,
+        "memory": memory_table,
+        "epoch": epoch_table,
+        "concurrency": concurrency_table,
+    }
     for section in args.sections:
         tables[section](args, device)
 

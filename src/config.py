@@ -17,15 +17,21 @@ from omegaconf import DictConfig, OmegaConf
 from src.models import MODELS
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
+from src.quant.weights import weight_quantizer, weight_token
 
 
 class ConfigError(ValueError):
     """A bad run configuration, reported in one line before any work starts."""
 
 
-def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None) -> str:
-    """<model>-<data>-<ste>-<b>bit-s<seed>[-<tag>]; the activation part is ``fp`` for a float ReLU."""
-    activation = "fp" if bits is None else f"{ste}-{bits}bit"
+def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None, wquant="fp", wbits=None) -> str:
+    """<model>-<data>-<ste>-<b>bit-s<seed>[-<tag>]; the activation part is ``fp`` for a float ReLU. Quantized
+    weights name both widths instead of <b>bit: w2a2, w1a2 (binary), wta2 (ternary), w4afp (float activations)."""
+    weights = weight_token(wquant, wbits)
+    if weights is None:
+        activation = "fp" if bits is None else f"{ste}-{bits}bit"
+    else:
+        activation = f"w{weights}afp" if bits is None else f"{ste}-w{weights}a{bits}"
     return f"{model}-{data}-{activation}-s{seed}" + (f"-{tag}" if tag else "")
 
 
@@ -55,11 +61,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
 
-# Root keys a run config may hold: conf/train.yaml's, Hydra's, and those other conf/ changes are adding.
+# Root keys a run config may hold: conf/train.yaml's and Hydra's.
 ROOT_KEYS = frozenset(
     {"seed", "tag", "run_name", "paths", "init", "resume", "callbacks", "hydra"}
-    | {"model", "data", "ste", "quant", "optimizer", "scheduler", "trainer", "logger"}
-    | {"divergence", "channels_last", "compile", "diagnostics"}
+    | {"model", "data", "ste", "quant", "wquant", "optimizer", "scheduler", "trainer", "logger"}
+    | {"divergence", "share"}
 )
 # Hydra's own keys in a node with a _target_: not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -93,12 +99,26 @@ def _number(value, key: str) -> None:
     _check(ok, f"{key} must be a finite number, got {value!r}")
 
 
+def validate_share(cfg: DictConfig) -> None:
+    """share.threads a positive integer, share.gpu_memory_fraction in (0, 1]; null leaves torch's default."""
+    threads, fraction = (
+        OmegaConf.select(cfg, "share.threads"),
+        OmegaConf.select(cfg, "share.gpu_memory_fraction"),
+    )
+    if threads is not None:
+        _integer(threads, "share.threads")
+    if fraction is not None:
+        _number(fraction, "share.gpu_memory_fraction")
+        _check(0 < fraction <= 1, f"share.gpu_memory_fraction must lie in (0, 1], got {fraction!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs before any work starts; raise ConfigError with one line otherwise."""
     unknown = sorted(set(cfg) - ROOT_KEYS)
     _check(not unknown, f"unknown root key(s) {', '.join(unknown)}; valid: {', '.join(sorted(ROOT_KEYS))}")
     _check(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
     validate_activation(cfg)
+    validate_weights(cfg)
     _check(
         cfg.model.name in MODELS,
         f"unknown model {cfg.model.name!r}; valid names: {', '.join(sorted(MODELS))}",
@@ -106,6 +126,7 @@ def validate(cfg: DictConfig) -> None:
     validate_optimizer(cfg)
     _integer(cfg.trainer.max_epochs, "trainer.max_epochs")
     validate_data(cfg)
+    validate_share(cfg)
     check_arguments(cfg.trainer, "trainer")
     check_arguments(cfg.quant, "quant", strict=True)  # STE hyper-parameters belong in conf/ste
     for group in ("logger", "callbacks"):
@@ -156,6 +177,8 @@ def validate_data(cfg: DictConfig) -> None:
     for name in ("train_subset", "val_subset"):  # whether they fit the dataset is known once it is read
         if cfg.data.get(name) is not None:
             _integer(cfg.data[name], f"data.{name}")
+    if "holdout" in cfg.data:  # 0: validate on the test split; whether N fits is known once the data is read
+        _integer(cfg.data.holdout, "data.holdout", minimum=0)
     check_arguments(cfg.data, "data")
     # the architecture's own arguments; channels_last and compile are build_model's
     sizes = {
@@ -241,3 +264,13 @@ def validate_activation(cfg: DictConfig) -> None:
         _check(
             q.bits == 1 and q.alpha == 1.0, "model=two_layer needs quant=binary (σ = 1{x>0}: bits 1, alpha 1)"
         )
+
+
+def validate_weights(cfg: DictConfig) -> None:
+    """conf/wquant: known keys, then the quantizer's own checks (name, bits, scale, ste, first_last)."""
+    check_arguments(cfg.wquant, "wquant", strict=True)
+    wq = _wrap(weight_quantizer, **{k: v for k, v in cfg.wquant.items() if k not in HYDRA_KEYS})
+    _check(
+        wq.name == "fp" or cfg.model.name != "two_layer",
+        "model=two_layer has no conv or linear layer to quantize: it goes with wquant=fp",
+    )

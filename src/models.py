@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.quant import QuantReLU
+from src.quant.weights import WeightQuantizer, quantize_weights
 
 ActFactory = Callable[[], nn.Module]
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -39,6 +40,7 @@ def build_model(
     channels_last: bool = False,
     compile: bool = False,
     compile_mode: str = "default",
+    wquant: WeightQuantizer | None = None,
     **sizes,
 ) -> nn.Module:
     """Build a registry model; ``sizes`` are the architecture's own size arguments (from conf/model).
@@ -47,10 +49,13 @@ def build_model(
     benchmarks/bench_train.py); a pre-hook converts every input, and the state dict is the same either way.
     ``compile`` runs the forward through torch.compile (``compile_mode``: default, reduce-overhead,
     max-autotune); ``nn.Module.compile`` works in place, so the state-dict keys, and checkpoints, stay the same.
+    ``wquant`` (conf/wquant) quantizes the conv/linear weights; None or fp leaves them float.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
     model = MODELS[name](act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
+    if wquant is not None:
+        quantize_weights(model, wquant)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         model.register_forward_pre_hook(_to_channels_last)

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import ConstantLR, SequentialLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.quant import QuantReLU
+from src.quant import QuantReLU, set_epoch
 from src.theory import population_loss
 
 LOSSES = {
@@ -78,6 +78,7 @@ class STEModule(pl.LightningModule):
 
     def on_train_epoch_start(self):
         self._epoch_start = time.perf_counter()
+        set_epoch(self.model, self.current_epoch, self.trainer.max_epochs)  # annealed STEs follow the epoch
         self._lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the lr this epoch trains with
 
     def on_train_epoch_end(self):
@@ -181,7 +182,9 @@ def build_from_config(config: dict, in_shape, num_classes):
     if config is None or in_shape is None:
         raise ValueError("STEModule needs a model, or the run config and input shape to rebuild it from")
     act = instantiate(config["quant"])
-    model = instantiate(config["model"], act=act, in_shape=in_shape, num_classes=num_classes)
+    # runs from before conf/wquant have float weights
+    wquant = instantiate(config["wquant"]) if "wquant" in config else None
+    model = instantiate(config["model"], act=act, wquant=wquant, in_shape=in_shape, num_classes=num_classes)
     return model, instantiate(config["optimizer"]), instantiate(config["scheduler"])
 
 

@@ -21,12 +21,13 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from itertools import groupby
+from itertools import groupby, product
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from src.provenance import REPO
+from src.quant.weights import weight_token
 from src.report import build_report
 from src.theory import certificate_table
 from src.theory.figures import write_figures
@@ -91,6 +92,7 @@ def matches(run: dict, job: Job) -> bool:
         "seed": job["seed"],
         "tag": job.get("tag"),
         "bits": None if job.get("quant") == "fp" else job["quant.bits"],
+        "weights": weight_token(job.get("wquant", "fp"), job.get("wquant.bits")),  # None: float weights
     }
     if want["bits"] is not None:
         want["ste"] = job["ste"]
@@ -161,20 +163,32 @@ def train_command(stage_dir: Path, args: list[str], launcher: str | None) -> lis
 
 def run_hydra(stage_dir: Path, args: list[str], launcher: str | None) -> None:
     """One multirun, its output in <stage_dir>/logs/; raises JobsFailed when it exits non-zero."""
+    start = time.time()
+    code, log = run_logged(stage_dir, train_command(stage_dir, args, launcher), args)
+    if code:
+        raise JobsFailed(f"{failed_jobs(stage_dir, since=start) or last_line(log)}; log: {log}")
+
+
+def run_logged(stage_dir: Path, cmd: list[str], args: list[str]) -> tuple[int, Path]:
+    """Run cmd supervised, its output in <stage_dir>/logs/<time>-<n>.log; return its exit code and the log."""
     logs = stage_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(logs.iterdir()))}.log"
-    cmd = train_command(stage_dir, args, launcher)
     print(f"[{stage_dir.name}] {' '.join(args)}", flush=True)
-    start = time.time()
     with open(log, "w") as out:
         out.write(" ".join(cmd) + "\n")
         out.flush()
-        code = supervised(cmd, out)
-    if code:
-        failed = failed_jobs(stage_dir, since=start)
-        last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-        raise JobsFailed(f"{failed or last}; log: {log}")
+        return supervised(cmd, out), log
+
+
+def last_line(log: Path) -> str:
+    return (log.read_text().strip().splitlines() or ["no output"])[-1]
+
+
+def tuning_of(study_dir: Path) -> dict:
+    """<study_dir>/tuning.json (src/tune.py writes it atomically after every trial); {} before the first."""
+    path = study_dir / "tuning.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def supervised(cmd: list[str], out) -> int:
@@ -257,6 +271,62 @@ class Pipeline:
 
     def fig4(self) -> bool:
         return self.from_table1("fig4", "fig4_relu_2bit", "relu", 2, ["clipped_relu"])
+
+    def wxa(self) -> bool:
+        """Weights × activations (issue 12): each ``weights`` setting × ``bits`` × ``stes``, from each seed's FP
+        checkpoint; one multirun per weight setting."""
+        jobs = []
+        for net in self.p["nets"]:
+            for seed in self.p["seeds"]:
+                fp = checkpoint_of(self.out / "pretrain", {"experiment": net, "quant": "fp", "seed": seed})
+                jobs += [
+                    {"experiment": net, "seed": seed, "init.checkpoint": fp, "quant.bits": b, "ste": ste, **w}
+                    for w in self.p["weights"]
+                    for b in self.p["bits"]
+                    for ste in self.p["stes"]
+                ]
+        return self.run("wxa", jobs, sweep=("quant.bits",))
+
+    def tune_dir(self, net: str, ste: str, bits: int) -> Path:
+        """Where src.tune studies one STE at one bit width: <out>/tune/<experiment>/<ste>-<bits>bit/."""
+        return self.out / "tune" / net / f"{ste}-{bits}bit"
+
+    def tune(self) -> bool:
+        """Per net, STE and bit width, an Optuna study of lr and weight decay (src/tune.py) from the first seed's
+        FP checkpoint, validated on data.holdout (in the ``tune`` overrides); ``tuning`` sets its trials/space."""
+        seed, ran = self.p["seeds"][0], False
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in self.p.get("tuning", {}).items()]
+        for net in self.p["nets"]:
+            fp = checkpoint_of(self.out / "pretrain", {"experiment": net, "quant": "fp", "seed": seed})
+            for bits, ste in product(self.p["bits"], self.p["stes"]):
+                where = self.tune_dir(net, ste, bits)
+                study = tuning_of(where)
+                if study.get("complete") and study["n_trials"] >= self.p.get("tuning", {}).get("trials", 0):
+                    continue
+                args = [f"experiment={net}", f"seed={seed}", f"init.checkpoint={fp}", f"quant.bits={bits}"]
+                args += [f"ste={ste}", *self.overrides("tune")]
+                code, log = run_logged(
+                    where, [sys.executable, "-m", "src.tune", f"--out={where}", *flags, *args], args
+                )
+                if code:
+                    raise JobsFailed(f"{last_line(log)}; log: {log}")
+                ran = True
+        return ran
+
+    def tuned(self) -> bool:
+        """Table 1's runs again (its overrides: the same schedule, full training set, test-set validation) with
+        each study's best lr and weight decay, tagged ``tuned``, into <out>/tuned/."""
+        jobs = []
+        for net, seed in product(self.p["nets"], self.p["seeds"]):
+            fp = checkpoint_of(self.out / "pretrain", {"experiment": net, "quant": "fp", "seed": seed})
+            for bits, ste in product(self.p["bits"], self.p["stes"]):
+                where = self.tune_dir(net, ste, bits)
+                best = tuning_of(where).get("best")
+                if best is None:
+                    raise SystemExit(f"error: stage tuned needs a study with a finished trial in {where}")
+                job = {"experiment": net, "seed": seed, "init.checkpoint": fp, "quant.bits": bits, "ste": ste}
+                jobs.append(job | {"tag": "tuned"} | best["params"])
+        return launch(self.out / "tuned", jobs, ("seed",), self.overrides("table1"), self.launcher)
 
     def two_layer(self) -> bool:
         """Theory figures and the certificate table (once), then the two-layer model trained per STE."""

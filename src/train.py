@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import WandbLogger
 from src.config import ConfigError, check_checkpoint, checkpoint_file, register_resolvers, validate
 from src.module import STEModule
 from src.provenance import provenance
+from src.quant.weights import weight_token
 from src.rundir import SaveError, atomic_write, finite
 
 register_resolvers()
@@ -37,6 +38,7 @@ IDENTITY = (
     "model",
     "data",
     "quant",
+    "wquant",
     "ste",
     "optimizer",
     "scheduler",
@@ -53,6 +55,7 @@ def train(cfg: DictConfig) -> dict:
     Every check (config, data, model, checkpoints) comes before the first file is written.
     """
     validate(cfg)
+    take_share(cfg.share)
     run_dir = Path(cfg.paths.output_dir)
     resume = resume_checkpoint(cfg, run_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -60,7 +63,11 @@ def train(cfg: DictConfig) -> dict:
     datamodule.prepare_data()  # a missing or corrupt dataset fails here, before anything is built
     act = instantiate(cfg.quant)
     model = instantiate(
-        cfg.model, act=act, in_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+        cfg.model,
+        act=act,
+        wquant=instantiate(cfg.wquant),
+        in_shape=datamodule.input_shape,
+        num_classes=datamodule.num_classes,
     )
     check_input(model, datamodule.input_shape, cfg.model.name)
     module = STEModule(
@@ -86,6 +93,15 @@ def train(cfg: DictConfig) -> dict:
     finally:
         finish_wandb(loggers)
     return write_summary(cfg, trainer, module, run_dir)
+
+
+def take_share(share: DictConfig) -> None:
+    """This run's slice of a machine that concurrent runs share (the joblib launcher): CPU threads and a cap on
+    the GPU memory it may allocate, so N runs on one GPU cannot starve each other of memory."""
+    if share.threads:
+        torch.set_num_threads(share.threads)
+    if share.gpu_memory_fraction and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share.gpu_memory_fraction)
 
 
 def run_config(cfg: DictConfig) -> dict:
@@ -157,11 +173,13 @@ def check_input(model: torch.nn.Module, in_shape, name: str) -> None:
 def load_weights(module: STEModule, path: str) -> None:
     """Start from a checkpoint's weights only (weights_only=True), e.g. quantized fine-tuning from an FP run.
 
-    α follows this run's quant config: a checkpoint's α (another bit width, or none for FP) is not loaded.
+    α and a learned weight step follow this run's config: a checkpoint's (another bit width, or none for FP) are
+    not loaded; a weight step starts from the loaded weights (src/quant/weights.py).
     """
     state = check_checkpoint(path, "init.checkpoint")  # readable, holds a state_dict (one-line errors)
-    state = {k: v for k, v in state["state_dict"].items() if not k.endswith(".alpha")}
-    own = {k for k in module.state_dict() if not k.endswith(".alpha")}
+    own_only = (".alpha", ".weight_step")
+    state = {k: v for k, v in state["state_dict"].items() if not k.endswith(own_only)}
+    own = {k for k in module.state_dict() if not k.endswith(own_only)}
     if set(state) != own:
         raise ConfigError(
             f"init.checkpoint {path} does not fit model={module.hparams.config['model']['name']}: "
@@ -201,6 +219,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         bits = cfg.quant.bits
         tags = [cfg.model.name, HydraConfig.get().runtime.choices.data, f"seed{cfg.seed}"]
         tags += ["fp"] if bits is None else [cfg.ste.name, f"a{bits}"]
+        weights = weight_token(cfg.wquant.name, cfg.wquant.bits)
+        tags += [f"w{weights}"] if weights else []  # w1 binary, wt ternary, wk uniform; float weights: none
         logger = instantiate(node, id=id_file.read_text().strip(), resume="allow", tags=tags)
         logger.log_hyperparams(flat_config(cfg))
         loggers.append(logger)
@@ -255,6 +275,9 @@ def identity(cfg: DictConfig) -> dict:
         "ste": OmegaConf.select(cfg, "ste.name"),
         "bits": OmegaConf.select(cfg, "quant.bits"),
         "alpha_mode": OmegaConf.select(cfg, "quant.alpha_mode"),
+        "weights": weight_token(
+            OmegaConf.select(cfg, "wquant.name") or "fp", OmegaConf.select(cfg, "wquant.bits")
+        ),
         "seed": cfg.get("seed"),
         "train_subset": OmegaConf.select(cfg, "data.train_subset"),
         "val_subset": OmegaConf.select(cfg, "data.val_subset"),

@@ -27,8 +27,8 @@ REFETCH = (
     "or copy the original file there"
 )
 ROOT_KEYS = (
-    "callbacks, channels_last, compile, data, diagnostics, divergence, hydra, init, logger, model, optimizer, "
-    "paths, quant, resume, run_name, scheduler, seed, ste, tag, trainer"
+    "callbacks, data, divergence, hydra, init, logger, model, optimizer, paths, quant, resume, run_name, "
+    "scheduler, seed, share, ste, tag, trainer, wquant"
 )
 # (overrides of a tiny CIFAR-shaped run, the exact line); {data} is the test's data root
 CASES = [
@@ -73,12 +73,16 @@ CASES = [
     (
         "+data.foo=1",
         "unknown key(s) data.foo; valid: root, batch_size, augment, mean, std, crop_padding, hflip, "
-        "val_batch_size, download, verify_checksums, on_device, train_subset, val_subset, seed",
+        "val_batch_size, download, verify_checksums, on_device, train_subset, val_subset, seed, holdout",
     ),
     ("+model.foo=1", "unknown key(s) model.foo; valid: width"),
     ("model.width=abc", "model.width must be a number like its default 8, got 'abc'"),
     ("+quant.eps=0.1", "unknown key(s) quant.eps; valid: bits, alpha, ste, alpha_mode"),
-]
+    ("wquant=uniform wquant.bits=1", "wquant.bits must be an integer in [2, 16] for uniform, got 1 (1 bit: wquant=binary)"),
+    ("wquant=binary wquant.bits=4", "wquant=binary has 1-bit weights: wquant.bits must be 1, got 4 (k bits: wquant=uniform)"),
+    ("wquant=uniform wquant.scale=mse", "wquant.scale must be one of ('max', 'lloyd', 'lsq'), got 'mse'"),
+    ("wquant=binary wquant.ste=sign", "unknown wquant.ste 'sign'; valid names: clipped, identity"),
+]  # fmt: skip
 
 
 def first_error(cfg) -> str:

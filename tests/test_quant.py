@@ -34,13 +34,35 @@ def grad_oracle(name, x, grad, alpha, levels, **kw):
         return grad * (inside + (x > c) / np.maximum(x - c + 1, 1))
     if name == "leaky_clipped_relu":
         return grad * np.where(inside, 1.0, kw.get("eps", 0.1))
-    if name == "soft_staircase":
-        beta = kw.get("beta", 4.0)
+    if name in ("soft_staircase", "annealed_soft_staircase"):  # annealed: β_start until set_epoch moves it
+        beta = kw.get("beta", kw.get("beta_start", 4.0 if name == "soft_staircase" else 1.0))
         s = [0.5 + 0.5 * np.tanh(beta * (x / alpha - k) / 2) for k in range(levels)]  # sigmoid, overflow-free
         return grad * beta * sum(sk * (1 - sk) for sk in s)
     if name == "ewgs":
         q = staircase_oracle(x, alpha, levels)
         return grad * (1 + kw.get("delta", 0.01) * np.sign(grad) * (x - q) / alpha) * inside
+    if name == "dsq":  # DSQ's own variables: x clipped to [l, l + LΔ], interval i = ⌊(x − l)/Δ⌋, midpoint m_i
+        a_dsq, lo = kw.get("alpha_dsq", 0.2), -alpha / 2
+        k = 2 * np.arctanh(1 - a_dsq) / alpha  # α_dsq = 1 − tanh(kΔ/2), Δ = α
+        i = np.clip(np.floor((x - lo) / alpha), 0, levels - 1)
+        th = np.tanh(k * (x - (lo + (i + 0.5) * alpha)))
+        return grad * (lo <= x) * (x <= lo + levels * alpha) * alpha / 2 * k * (1 - th**2) / (1 - a_dsq)
+    if name == "gaussian_smoothed":  # every threshold (k−1)α, k = 1..L, no window
+        s = kw.get("sigma", 0.5) * alpha
+        z = [(x - (k - 1) * alpha) / s for k in range(1, levels + 1)]
+        return grad * alpha * sum(np.exp(-zk * zk / 2) for zk in z) / (s * np.sqrt(2 * np.pi))
+    if name == "reste":  # the power function's derivative on each level interval ((k−1)α, kα], secant below t
+        o, t = kw.get("o", 3.0), kw.get("interval", 0.1)
+        total = 0.0
+        for k in range(1, levels + 1):
+            w = x / alpha - (k - 1)
+            on = (x > (k - 1) * alpha) & (x <= k * alpha)
+            total = total + on * np.where(w > t, np.maximum(w, t) ** (1 / o - 1) / o, t ** (1 / o - 1))
+        return grad * total
+    if (
+        name == "approx_poly"
+    ):  # a triangle 2 − 4|x/α − j| per threshold j (ApproxSign's 2 − 2|v|, v = 2(x/α − j))
+        return grad * sum(np.maximum(0.0, 2 - 4 * np.abs(x / alpha - j)) for j in range(levels))
     raise KeyError(f"no oracle for STE {name!r}: add one here when adding it to the registry")
 
 
@@ -144,6 +166,13 @@ def test_backward_at_boundaries(name):
         ("soft_staircase", {"beta": 0.5}),
         ("soft_staircase", {"beta": 20.0}),
         ("ewgs", {"delta": 0.3}),
+        ("dsq", {"alpha_dsq": 0.05}),
+        ("dsq", {"alpha_dsq": 0.9}),
+        ("gaussian_smoothed", {"sigma": 0.15}),
+        ("gaussian_smoothed", {"sigma": 3.0}),
+        ("reste", {"o": 1.7, "interval": 0.3}),
+        ("reste", {"o": 1.0}),
+        ("annealed_soft_staircase", {"beta_start": 7.0}),
     ],
 )
 def test_hyper_parameters_reach_backward(name, kw):
@@ -269,7 +298,10 @@ def test_lloyd_alpha_every_bit_width():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: get_ste("tanh"), r"unknown ste 'tanh'; valid names: clipped_relu, ewgs, identity"),
+        (
+            lambda: get_ste("tanh"),
+            r"unknown ste 'tanh'; valid names: annealed_soft_staircase, approx_poly, clipped_relu, dsq, ewgs, ",
+        ),
         (lambda: QuantReLU(2, 1.0, "bogus"), "unknown ste 'bogus'"),
         (lambda: quant_relu(torch.ones(2), 0, 1.0), r"bits must be an integer in \[1, 16\], got 0"),
         (lambda: quant_relu(torch.ones(2), 17, 1.0), "bits must be an integer in"),

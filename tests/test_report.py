@@ -342,6 +342,10 @@ def test_sections_without_runs_are_one_line(tmp_path: Path):
     assert section(text, "## Table 1")[0] == "No quantized Table-1 runs in the protocol."
     assert "No Figure 2 runs (experiment `fig2_identity_repelled`).\n" in text and "## Figure 2" not in text
     assert "No Figure 4 runs" in text and "## Figure 4" not in text
+    assert "No weights × activations runs (quantized weights or stage dir `wxa`).\n" in text
+    assert "No tuning studies (tuning.json) or tuned runs.\n" in text
+    assert "No STE diagnostics in the runs' metrics.csv (diag/, disagree/ or descent/ columns).\n" in text
+    assert "## Inside the STE" not in text and "## Weights" not in text and "## Paper schedule" not in text
     assert section(text, "## Two-layer model") == [
         "No theory outputs (figure1.png, cgd_*.png, certificate.md) found.",
         "No two-layer runs found.",
@@ -519,3 +523,301 @@ def test_readme_block_gets_the_headline_rows_of_this_profile(table_root: Path, t
     block = text.split("<!-- results:p -->")[1]
     assert f"({out}/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block
     assert "| CIFAR10 | VGG11 | 4 |" not in block  # only rows that ran (the fixture has no VGG11 4-bit runs)
+
+
+# --- weights × activations (issue 12) -----------------------------------------------------------------------------
+
+WXA = {  # (wquant name, bits, scale, activation bits) -> final val_acc of seeds 0 and 1; bits as conf/wquant has them
+    ("fp", None, None, 2): (99.0, 98.8),
+    ("fp", None, None, 4): (99.2, 99.1),
+    ("uniform", 4, "lloyd", 2): (98.9, 98.5),
+    ("uniform", 4, "lsq", 2): (98.6, 98.4),  # a second 4-bit row: its scale tells it apart
+    ("uniform", 2, "lloyd", 2): (98.0, 97.1),
+    ("uniform", 2, "lloyd", 4): (98.4, 98.2),
+    ("binary", 1, None, 2): (95.5, 94.0),
+    ("ternary", 2, None, 2): (97.0, 96.2),
+}
+ROWS = ["float", "4-bit (scale=lloyd)", "4-bit (scale=lsq)", "2-bit", "ternary", "1-bit (binary)"]
+
+
+def wquant(name: str, bits=None, scale=None) -> dict:
+    """A resolved conf/wquant node."""
+    node = {"_target_": "src.quant.weights.weight_quantizer", "name": name, "bits": bits, "scale": scale}
+    return {"wquant": node | {"ste": "identity", "first_last": "float"}}
+
+
+@pytest.fixture
+def wxa_root(tmp_path: Path) -> Path:
+    """The wxa stage (2 seeds per weight × activation cell), float Table-1 runs, a binary run and a failed 2-bit
+    run that landed in table1/ (neither may enter Table 1)."""
+    root = tmp_path / "runs"
+    for (name, wbits, scale, abits), accs in WXA.items():
+        for seed, acc in enumerate(accs):
+            write_run(root / "wxa", f"{name}{wbits}{scale}-a{abits}-s{seed}", ste="clipped_relu", bits=abits,
+                      seed=seed, val_acc=acc, epochs=3, max_epochs=3, wall_time_s=30.0,
+                      config=wquant(name, wbits, scale))  # fmt: skip
+    for seed, acc in enumerate((99.3, 99.1)):
+        write_run(root / "table1", f"t1-s{seed}", ste="clipped_relu", seed=seed, val_acc=acc)
+    write_run(
+        root / "table1", "stray-binary", ste="clipped_relu", seed=5, val_acc=50.0, config=wquant("binary", 1)
+    )
+    write_run(root / "table1", "failed-w2", ste="clipped_relu", seed=6, status="failed", reason="boom",
+              config=wquant("uniform", 2, "lloyd"))  # fmt: skip
+    return root
+
+
+def test_wxa_table_cells_are_mean_std_over_seeds(wxa_root: Path):
+    text = build_report(wxa_root).read_text()
+    table = md_table(text, "### MNIST LeNet5, STE clipped_relu")
+    assert [r["weights"] for r in table] == ROWS and list(table[0]) == ["weights", "A 4-bit", "A 2-bit"]
+    cells = {r["weights"]: r for r in table}
+    for (name, wbits, scale, abits), accs in WXA.items():
+        label = {"fp": "float", "ternary": "ternary", "binary": "1-bit (binary)"}.get(name, f"{wbits}-bit")
+        label += f" (scale={scale})" if wbits == 4 else ""
+        if name == "binary":
+            accs = (*accs, 50.0)  # the stray binary run of table1/ is a W×A run (seed 5)
+        spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f} (n={len(accs)})"
+        assert cells[label][f"A {abits}-bit"] == spread, (name, wbits, abits)
+    assert cells["4-bit (scale=lsq)"]["A 4-bit"] == "—"
+    caption = text.split("### MNIST LeNet5, STE clipped_relu", 1)[1]
+    assert "STE: clipped_relu (18 runs)" in caption and "Seeds: 0, 1, 5, 6" in caption
+    assert "Epochs run / max: 3 / 3 (16 runs), 50 / 50 (2 runs)" in caption
+    assert "name=uniform, bits=2, first_last=float, scale=lloyd, ste=identity (5 runs)" in caption
+    assert "Wall time: 8.3 min summed over 18 runs" in caption  # 16 × 30 s + 2 × 10 s
+    assert "- ⚠ `failed-w2` (w2a2): failed: boom" in text
+
+
+def test_weight_quantized_runs_stay_out_of_table1_and_carry_their_bits(wxa_root: Path):
+    import pandas as pd
+
+    text = build_report(wxa_root).read_text()
+    clipped = row(md_table(text, "Table 1a"), "LeNet5", "2")["clipped ReLU ours"]
+    assert clipped == f"{statistics.mean([99.3, 99.1]):.2f} ± {statistics.stdev([99.3, 99.1]):.2f} (n=2)"
+    assert "### Other runs" not in text  # the stray and failed W×A runs are not listed as Table-1 outsiders
+    runs = pd.read_csv(wxa_root / "report" / "runs.csv").set_index("run_name")
+    binary = runs.loc["binary1None-a2-s0", ["wquant", "wbits", "wa", "kind"]]
+    assert binary.tolist() == ["binary", 1, "w1a2", "wxa"]
+    assert runs.loc["ternary2None-a2-s1", "wa"] == "wta2" and runs.loc["uniform2lloyd-a4-s0", "wa"] == "w2a4"
+    assert runs.loc["fpNoneNone-a4-s0", "wa"] == "wfa4" and runs.loc["fpNoneNone-a4-s0", "kind"] == "wxa"
+    assert runs.loc["t1-s0", ["wquant", "wa", "kind"]].tolist() == ["fp", "wfa2", "table1"]
+    assert "Runs found: 20 (Table 1 2, weights × activations 18)" in text
+
+
+# --- paper schedule vs tuned (issue 12) ---------------------------------------------------------------------------
+
+
+def optimizer(lr: float, wd: float) -> dict:
+    return {"optimizer": CONFIG["optimizer"] | {"lr": lr, "weight_decay": wd}}
+
+
+@pytest.fixture
+def tune_root(tmp_path: Path) -> Path:
+    """table1/ (paper schedule, lr 0.1, wd 1e-4), a relu 2-bit study in Optuna's summary form with three trial run
+    dirs and two tuned seeds, and a clipped_relu 2-bit study in another form (no best: its best complete trial)."""
+    root = tmp_path / "tune-runs"
+    for ste, accs in (("relu", (97.0, 97.4)), ("clipped_relu", (98.0, 98.2))):
+        for seed, acc in enumerate(accs):
+            write_run(root / "table1", f"{ste}-s{seed}", ste=ste, seed=seed, val_acc=acc)
+    trials = [(0.05, 1e-4, 96.5, "COMPLETE"), (0.0123, 3e-5, 97.9, "COMPLETE"), (0.3, 0.0, None, "FAIL")]
+    study = root / "tune" / "lenet5_mnist" / "relu-2bit"  # src/reproduce.py's layout
+    for i, (lr, wd, value, _) in enumerate(trials):
+        write_run(study, f"trial{i}_relu", seed=0, val_acc=value or 10.0, epochs=2, max_epochs=2, train_subset=5000,
+                  wall_time_s=60.0, config=optimizer(lr, wd))  # fmt: skip
+    records = [  # src/tune.py's format
+        {
+            "number": i,
+            "state": state,
+            "params": {"optimizer.lr": lr, "optimizer.weight_decay": wd},
+            "value": v,
+            "status": "finished",  # the trial run's own status: Optuna's state decides
+        }
+        for i, (lr, wd, v, state) in enumerate(trials)
+    ]
+    doc = {"ste": "relu", "bits": 2, "holdout": 5000, "trials": records, "best": records[1]}
+    (study / "tuning.json").write_text(json.dumps(doc))
+    for seed, acc in enumerate((98.1, 98.6)):
+        write_run(
+            root / "tuned",
+            f"relu-tuned-s{seed}",
+            seed=seed,
+            tag="tuned",
+            val_acc=acc,
+            config=optimizer(0.0123, 3e-5),
+        )
+    other = root / "tune" / "lenet5_mnist" / "clipped_relu-2bit"  # another format: the reader copes
+    other.mkdir(parents=True)
+    states = [
+        ("TrialState.COMPLETE", 0.02, 98.3),
+        ("TrialState.PRUNED", 0.2, 99.9),
+        ("TrialState.COMPLETE", 0.07, 98.5),
+    ]
+    other_doc = {
+        "trials": [
+            {"params": {"lr": lr, "weight_decay": 1e-4}, "value": v, "state": s} for s, lr, v in states
+        ]
+    }
+    (other / "tuning.json").write_text(json.dumps(other_doc))
+    return root
+
+
+def test_tuned_table_takes_the_studys_best_and_both_schedules_accuracy(tune_root: Path):
+    text = build_report(tune_root).read_text()
+    rows = {r["STE"]: r for r in md_table(text, "## Paper schedule vs tuned")}
+    relu = rows["relu"]
+    assert relu["paper schedule: lr / wd"] == "0.1 / 0.0001"
+    paper, tuned = (97.0, 97.4), (98.1, 98.6)
+    assert (
+        relu["paper schedule: final top-1"]
+        == f"{statistics.mean(paper):.2f} ± {statistics.stdev(paper):.2f} (n=2)"
+    )
+    assert relu["tuned: lr / wd"] == "0.0123 / 3e-05" and relu["tuned: best holdout top-1"] == "97.90"
+    assert relu["trials (complete of all)"] == "2 of 3"
+    assert relu["tuned: final top-1"] == f"{statistics.mean(tuned):.2f} ± {statistics.stdev(tuned):.2f} (n=2)"
+    assert relu["Δ final (tuned − schedule)"] == fmt(
+        statistics.mean(tuned) - statistics.mean(paper), "val_acc", sign=True
+    )
+    # no best recorded: the complete trial of highest value, never the pruned 99.9
+    clipped = rows["clipped_relu"]
+    assert clipped["tuned: lr / wd"] == "0.07 / 0.0001" and clipped["tuned: best holdout top-1"] == "98.50"
+    assert clipped["tuned: final top-1"] == "—" and clipped["trials (complete of all)"] == "2 of 3"
+    assert (
+        clipped["Network"] == "LeNet5"
+    )  # from the Table-1 runs of its STE and bits: no trial dirs, no tuned runs
+    studies = "clipped_relu 2 bit: 3 trials, holdout not stated; relu 2 bit: 3 trials, holdout 5000 examples."
+    assert f"Studies: {studies} Budget per trial: 2 epochs, train_subset 5000 (3 runs)" in text
+    assert "searched lr 0.0123–0.3, weight_decay 0–0.0001" in text and "3.0 min over 3 trial runs" in text
+
+
+def test_tuning_runs_stay_out_of_table1(tune_root: Path):
+    text = build_report(tune_root).read_text()
+    relu = row(md_table(text, "Table 1a"), "LeNet5", "2")["vanilla ReLU ours"]
+    assert relu == f"{statistics.mean([97.0, 97.4]):.2f} ± {statistics.stdev([97.0, 97.4]):.2f} (n=2)"
+    assert "### Other runs" not in text and "Runs found: 9 (Table 1 4, tuning trials 3, tuned 2)" in text
+
+
+def test_readme_block_gets_the_wxa_and_tuned_tables(wxa_root: Path, tune_root: Path, tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- results:wxa -->\n<!-- /results:wxa -->\n<!-- results:tune -->\n<!-- /results:tune -->\n"
+    )
+    assert (
+        main([str(wxa_root), "--out", str(tmp_path / "w"), "--profile", "wxa", "--readme", str(readme)]) == 0
+    )
+    assert (
+        main([str(tune_root), "--out", str(tmp_path / "t"), "--profile", "tune", "--readme", str(readme)])
+        == 0
+    )
+    wxa, tune = readme.read_text().split("<!-- results:tune -->")
+    assert (
+        "Weights × activations, MNIST LeNet5, STE clipped_relu:" in wxa
+        and "| 2-bit | 98.30 ± 0.14 (n=2) |" in wxa
+    )
+    assert "| MNIST | LeNet5 | 2 |" in wxa  # the float Table-1 runs of the fixture
+    assert "Paper schedule vs tuned:" in tune and "| 0.0123 / 3e-05 |" in tune and "Weights ×" not in tune
+
+
+# --- inside the STE (issue 13) ------------------------------------------------------------------------------------
+
+LAYERS = ("features.3", "classifier.1")  # model order, which is not the alphabetical one
+SATURATED = {"relu": 0.2, "clipped_relu": 0.4}  # + 0.01 seed + 0.1 layer index + 0.001 epoch
+COSINE = {("relu", "clipped_relu"): 0.8, ("clipped_relu", "relu"): 0.6}  # + 0.1 seed
+
+
+def diag_row(ste: str, seed: int, epoch: int) -> dict:
+    """One metrics.csv row with the diagnostics of issue 13; the descent probe runs at epochs 0 and 2 only."""
+    row = {"epoch": epoch, "step": 10 * epoch, "val/acc": 90.0 + epoch}
+    for i, layer in enumerate(LAYERS):
+        row[f"diag/{layer}/below"] = 0.5 - 0.1 * i
+        row[f"diag/{layer}/saturated"] = SATURATED[ste] + 0.01 * seed + 0.1 * i + 0.001 * epoch
+        row[f"diag/{layer}/level0"] = 0.3
+        row[f"diag/{layer}/level_entropy"] = 1.5 + 0.1 * seed
+        row[f"diag/{layer}/grad_norm"] = 0.01
+    for other in ("identity", "relu", "clipped_relu"):
+        row[f"disagree/{other}"] = 1.0 if other == ste else COSINE.get((ste, other), 0.3) + 0.1 * seed
+        row[f"disagree/{other}/{LAYERS[0]}"] = 0.5
+    if epoch in (0, 2):
+        for t, scale in (("0.01", 1.0), ("0.1", 10.0)):
+            row[f"descent/coarse/{t}"] = -(0.02 + 0.01 * seed) * scale
+            row[f"descent/random/{t}"] = 0.001 * scale
+            row[f"descent/fp/{t}"] = -0.01 * scale
+        row |= {"descent/smooth_cos": 0.7 + 0.1 * seed, "descent/smooth_cos_fp": 0.9, "descent/loss": 0.1}
+    return row
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """metrics.csv as src/rundir.py writes it: columns in first-seen order, empty cells where a row lacks one."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def diag_root(tmp_path: Path) -> Path:
+    """Two seeds of relu and clipped_relu with diagnostics in table1/, and a Figure 2 run probed at its start."""
+    root = tmp_path / "runs"
+    for ste in SATURATED:
+        for seed in (0, 1):
+            run = write_run(root / "table1", f"{ste}-s{seed}", ste=ste, seed=seed, epochs=2, max_epochs=2)
+            write_rows(run / "metrics.csv", [diag_row(ste, seed, e) for e in range(3)])
+    run = write_run(root / "fig2", "f2", ste="identity", experiment="fig2_identity_repelled", tag="from_relu",
+                    model="resnet20", data="cifar10", bits=4, epochs=1, max_epochs=1)  # fmt: skip
+    start = {
+        "epoch": 0,
+        "step": 0,
+        "descent/coarse/0.01": -0.5,
+        "descent/random/0.01": 0.1,
+        "descent/fp/0.01": -0.3,
+    }
+    write_rows(run / "metrics.csv", [start, {"epoch": 1, "step": 5, "train/loss": 1.0}])
+    return root
+
+
+def test_inside_the_ste_lists_layers_and_final_diagnostics(diag_root: Path):
+    path = build_report(diag_root)
+    text, out = path.read_text(), path.parent
+    body = text.split("## Inside the STE", 1)[1]
+    assert "### MNIST LeNet5 2 bit, wfa2, stage table1" in body
+    assert "Layers (model order): features.3, classifier.1." in body
+    layers = {(r["STE"], r["layer"]): r for r in md_table(body, "Final epoch, mean over seeds")}
+    assert (
+        layers[("relu", "features.3")]["fraction saturated (above c)"] == "0.207"
+    )  # 0.2 + mean(0, .01) + .002
+    assert layers[("clipped_relu", "classifier.1")]["fraction saturated (above c)"] == "0.507"
+    assert layers[("relu", "classifier.1")]["level entropy (bits)"] == "1.55"
+    assert list(layers) == [(s, layer) for s in ("relu", "clipped_relu") for layer in LAYERS]
+    agree = {r["STE"]: r for r in md_table(body, "Cosines at the final epoch")}
+    assert agree["relu"]["vs clipped_relu"] == "0.85" and agree["relu"]["vs relu"] == "1"
+    assert agree["clipped_relu"]["vs relu"] == "0.65" and agree["relu"]["smooth_cos"] == "0.75"
+    probe = {(r["run"], r["t"]): r for r in md_table(body, "Descent probe at the last probed epoch")}
+    assert (
+        probe[("relu", "0.01")]["Δ loss, coarse"] == "-0.025"
+        and probe[("relu", "0.1")]["Δ loss, coarse"] == "-0.25"
+    )
+    assert probe[("clipped_relu", "0.1")]["Δ loss, random"] == "0.01"
+    start = {
+        (r["run"], r["t"]): r for r in md_table(body, "### Figure 2: the probe around the starting minimum")
+    }
+    assert (
+        start[("from_relu", "0.01")]["Δ loss, coarse"] == "-0.5"
+        and start[("from_relu", "0.01")]["Δ loss, fp"] == "-0.3"
+    )
+    name = "mnist_lenet5_2bit_table1_wfa2"
+    for png in [
+        f"{m}_{name}.png"
+        for m in ("saturated", "level_entropy", "below", "grad_norm", "disagree", "descent", "probe")
+    ] + ["probe_fig2.png"]:
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in body, png
+
+
+def test_descent_profile_reads_one_epoch_per_direction(diag_root: Path):
+    from src.report.diagnostics import descent_profile, probe_epoch
+
+    (run,) = [r for r in collect_runs(diag_root) if r["run_name"] == "relu-s1"]
+    curve = read_curves(run)
+    assert probe_epoch(curve) == 2
+    profile = descent_profile(curve, 2)
+    assert list(profile.index) == [0.01, 0.1] and sorted(profile) == ["coarse", "fp", "random"]
+    assert profile.loc[0.1, "coarse"] == pytest.approx(-0.3) and profile.loc[0.01, "fp"] == pytest.approx(
+        -0.01
+    )
+    assert descent_profile(curve, 1).empty

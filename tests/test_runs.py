@@ -201,3 +201,25 @@ def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
         out.stderr.strip().splitlines()[-1]
         == f"error: cannot create the output dir {blocker / 'run'}: Not a directory"
     )
+
+
+@pytest.mark.slow  # two joblib worker processes start torch and Lightning: ~45 s
+def test_two_runs_share_the_machine_through_the_joblib_launcher(tmp_path):
+    """The documented many-runs configuration: joblib jobs side by side, each held to its slice of threads (3:
+    no default of this 2-core machine or of OMP_NUM_THREADS=1)."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *tiny_run_args(tmp_path, epochs=1),
+        "seed=0,1",
+        "share.threads=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = run_cli([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted(sweep.glob("*/summary.json"))
+    assert [json.loads(p.read_text())["status"] for p in runs] == ["finished", "finished"]
+    threads = [
+        json.loads((p.parent / "provenance.json").read_text())["hardware"]["torch_threads"] for p in runs
+    ]
+    assert threads == [3, 3]

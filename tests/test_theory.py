@@ -391,7 +391,8 @@ def test_certificate_table_cli(tmp_path, capsys):
     vanishes = {name: row[-2].strip() for name, row in rows.items() if name in STES}
     assert vanishes == {  # μ′ = 0 on x ≤ 0 makes E g vanish at θ = π (Yin et al. 2019, Lemmas 6, 8; ours for the rest)
         "identity": "no", "relu": "yes", "clipped_relu": "yes", "log_tailed_relu": "yes",
-        "leaky_clipped_relu": "no", "soft_staircase": "no", "ewgs": "no",
+        "leaky_clipped_relu": "no", "soft_staircase": "no", "ewgs": "no", "dsq": "no", "gaussian_smoothed": "no",
+        "reste": "yes", "approx_poly": "no", "annealed_soft_staircase": "no",
     }  # fmt: skip
     for name in ("relu", "clipped_relu", "identity"):
         assert rows[name][3].strip() == "1.000"  # descent fraction

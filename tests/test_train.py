@@ -18,10 +18,10 @@ from src.train import train
 from tests.conftest import REPO
 from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
 
-GROUPS = {  # conf/pipeline holds make reproduce profiles, not a training group
+GROUPS = {  # conf/pipeline holds make reproduce profiles, conf/hparams_search src.tune's ranges: not training groups
     p.name: sorted(f.stem for f in p.glob("*.yaml"))
     for p in (REPO / "conf").iterdir()
-    if p.is_dir() and p.name != "pipeline"
+    if p.is_dir() and p.name not in ("pipeline", "hparams_search")
 }
 PAPER_STES = ["identity", "relu", "clipped_relu"]
 MODELS = ["lenet5", "vgg11", "resnet20", "tiny", "two_layer"]

@@ -34,7 +34,9 @@ Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N,C,H,W), labels int6
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """An image dataset in memory; train = shuffled (and augmented) batches, val = the official test split."""
+    """An image dataset in memory; train = shuffled (and augmented) batches, val = the official test split, or
+    with ``holdout`` = N the training split's last N examples (which then leave training: tuning must not
+    select on the test set)."""
 
     files: ClassVar[DatasetFiles]
     num_classes: ClassVar[int] = 10
@@ -56,6 +58,7 @@ class ImageDataModule(pl.LightningDataModule):
         train_subset: int | None = None,
         val_subset: int | None = None,
         seed: int = 0,
+        holdout: int = 0,
     ):
         super().__init__()
         check_positive(
@@ -69,12 +72,15 @@ class ImageDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.mean and data.std need {channels} values each (std > 0), got {mean}, {std}"
             )
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise ValueError(f"data.holdout must be an integer >= 0, got {holdout!r}")
         if crop_padding < 0:
             raise ValueError(f"data.crop_padding must be >= 0 pixels, got {crop_padding}")
         self.root, self.batch_size, self.val_batch_size = root, batch_size, val_batch_size
         self.download, self.verify_checksums, self.on_device = download, verify_checksums, on_device
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
         self.train_subset, self.val_subset, self.seed = train_subset, val_subset, seed
+        self.holdout = holdout
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_data: Split | None = None
         self.val_data: Split | None = None
@@ -93,7 +99,7 @@ class ImageDataModule(pl.LightningDataModule):
             self._read = self._read_checked()
 
     def setup(self, stage: str | None = None) -> None:
-        """Move both splits (first `*_subset` examples) onto the chosen device, reading them if needed."""
+        """Move both splits (first `*_subset` examples of each) onto the chosen device, reading them if needed."""
         if self.train_data is not None:
             return
         # a DDP rank other than 0, or a caller that skipped prepare_data(), reads the files itself
@@ -112,20 +118,37 @@ class ImageDataModule(pl.LightningDataModule):
         """Both splits on the CPU, cut to their subsets: files read first (a damaged one is named as such),
         then their checksums, so that a truncated file is not mistaken for a deliberate local copy."""
         ensure_present(self.files, self.root, download=False)
+        (train, val), (train_kind, val_kind) = self._splits()
         splits = (
-            self._cut("train", self.train_subset, "train_subset"),
-            self._cut("test", self.val_subset, "val_subset"),
+            self._cut(train, train_kind, self.train_subset, "train_subset"),
+            self._cut(val, val_kind, self.val_subset, "val_subset"),
         )
         if self.verify_checksums:
             verify_md5(self.files, self.root)
         return splits
 
-    def _cut(self, split: str, subset: int | None, name: str) -> Split:
+    def _splits(self) -> tuple[tuple[Split, Split], tuple[str, str]]:
+        """(train, val) whole, and what each is called in errors. The holdout is the training file's last
+        examples: the same split for every seed, trial and STE (MNIST's last 5,000 hold each class 9-11 %)."""
+        train = load_split(self.files, self.root, "train")
+        if not self.holdout:
+            return (train, load_split(self.files, self.root, "test")), ("train examples", "test examples")
+        count = len(train[1])
+        if self.holdout >= count:
+            where = self.files.directory(self.root)
+            raise DataError(
+                f"data.holdout={self.holdout} must be below the {count} train examples in {where}"
+            )
+        keep = count - self.holdout
+        kept, held = tuple(t[:keep] for t in train), tuple(t[keep:] for t in train)
+        return (kept, held), (f"train examples left after data.holdout={self.holdout}", "holdout examples")
+
+    def _cut(self, split: Split, kind: str, subset: int | None, name: str) -> Split:
         """One split, cut to its first `subset` examples."""
-        x, y = load_split(self.files, self.root, split)
+        x, y = split
         if subset is not None and subset > len(y):
             where = self.files.directory(self.root)
-            raise DataError(f"data.{name}={subset} exceeds the {len(y)} {split} examples in {where}")
+            raise DataError(f"data.{name}={subset} exceeds the {len(y)} {kind} in {where}")
         return x[:subset], y[:subset]
 
     def _loaded(self) -> tuple[Split, Split]:
@@ -155,7 +178,7 @@ class ImageDataModule(pl.LightningDataModule):
             yield normalise(images, self._mean, self._std), y[idx]
 
     def val_dataloader(self) -> Batches:
-        """The official test split in file order, normalised, never augmented."""
+        """The validation split (official test split, or the holdout) in file order, normalised, never augmented."""
         _, (x, y) = self._loaded()
         size = self.val_batch_size
 

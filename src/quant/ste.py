@@ -8,7 +8,9 @@ of non-zero levels ``levels`` = L = 2^b − 1; the clip point is c = L·α. The 
 An STE instance holds its hyper-parameters (validated on construction); ``STES[name](**kwargs)`` builds one.
 ``backward(grad, x, alpha, levels)`` is what autograd calls; by default it is ``grad * dmu(x)``. An STE whose μ′
 is a function of the level index k (below) declares ``needs = "level"`` and writes ``backward_level`` instead:
-the quantizer then keeps one byte per element for backward instead of the four of a float32 x.
+the quantizer then keeps one byte per element for backward instead of the four of a float32 x. An STE whose
+hyper-parameter moves during training (annealing) overrides ``set_epoch``; ``set_epoch(model, epoch, max_epochs)``
+calls it on every STE of a model at each train epoch's start.
 """
 
 from __future__ import annotations
@@ -61,6 +63,44 @@ def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor
     return level_index(x, alpha, levels).mul_(alpha)
 
 
+def threshold_sum(u: torch.Tensor, levels: int, width: int, term) -> torch.Tensor:
+    """Σ_{j=0}^{L−1} term(u − j) over the thresholds j of σ_α in units of α (u = x/α): every term for few levels,
+    else only the j within ``width`` of u (the others must be negligible), so 16 bits need no 65535-term sum."""
+    if levels <= 2 * width + 1:
+        return sum(term(u - j) for j in range(levels))
+    base = u.floor().clamp(0, levels - 1)
+    total = torch.zeros_like(u)
+    for i in range(-width, width + 1):
+        j = base + i
+        total = total + torch.where((j >= 0) & (j < levels), term(u - j), 0.0)
+    return total
+
+
+def nearest_threshold(u: torch.Tensor, levels: int) -> torch.Tensor:
+    """The threshold j ∈ {0, …, L−1} of σ_α nearest to u = x/α (a tie |u − j| = ½ may go either way): the pieces
+    of the per-step surrogates (dsq, approx_poly) are |u − j| ≤ ½, on [−½, L−½] in all."""
+    return u.round().clamp(0, levels - 1)
+
+
+def progress(epoch: int, max_epochs: int) -> float:
+    """t = epoch/(max_epochs − 1) in [0, 1]: 0 at the first epoch, 1 at the last (and after it; 0 for one epoch)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"set_epoch: epoch must be an integer >= 0, got {epoch!r}")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"set_epoch: max_epochs must be an integer >= 1, got {max_epochs!r}")
+    return min(epoch / max(max_epochs - 1, 1), 1.0)
+
+
+def set_epoch(model: torch.nn.Module, epoch: int, max_epochs: int) -> None:
+    """Move every annealed STE of model's quantized activations to this epoch (call at each train epoch start);
+    a float activation (bits=None) has no STE, and a non-annealed STE ignores the call."""
+    progress(epoch, max_epochs)  # a bad epoch is an error even for a model without annealed STEs
+    for module in model.modules():
+        ste = getattr(module, "ste", None)
+        if isinstance(ste, STE):
+            ste.set_epoch(epoch, max_epochs)
+
+
 class STE:
     """Base class: backward is ``grad · μ′(x)``. ``x_only`` says μ′ depends on x alone (not on the gradient).
 
@@ -74,6 +114,9 @@ class STE:
 
     def __init__(self):  # hyper-parameters, if any, are an STE's __init__ arguments with their defaults
         pass
+
+    def set_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Move hyper-parameters that change during training (annealed STEs) to this epoch; a no-op here."""
 
     def mu(self, x, alpha, levels):
         """The surrogate μ whose autograd derivative is μ′ (the oracle of the detach form)."""
@@ -220,19 +263,11 @@ class SoftStaircase(STE):
         return alpha * sum(torch.sigmoid(self.beta * (u - k)) for k in range(levels))
 
     def dmu(self, x, alpha, levels):
-        u = x / alpha
-        width = math.ceil(self.reach / self.beta)
-        if levels <= 2 * width + 1:  # few levels: every term
-            base, offsets = 0, range(levels)
-        else:  # only the k within reach of each x, masked to 0 ≤ k < L below
-            base, offsets = u.floor().clamp(0, levels - 1), range(-width, width + 1)
-        total = torch.zeros_like(x)
-        for j in offsets:
-            k = base + j
-            s = torch.sigmoid(self.beta * (u - k))
-            term = s * (1 - s)
-            total = total + (term if isinstance(k, int) else torch.where((k >= 0) & (k < levels), term, 0.0))
-        return self.beta * total
+        def term(d):
+            s = torch.sigmoid(self.beta * d)
+            return s * (1 - s)
+
+        return self.beta * threshold_sum(x / alpha, levels, math.ceil(self.reach / self.beta), term)
 
 
 @register
@@ -255,3 +290,155 @@ class EWGS(STE):
         inside = (x > 0) & (x <= clip_point(alpha, levels))
         scale = 1 + self.delta * torch.sign(grad) * (x - staircase(x, alpha, levels)) / alpha
         return torch.where(inside, grad * scale, 0.0)
+
+
+@register
+class DSQ(STE):
+    """Differentiable Soft Quantization (Gong et al., ICCV 2019, §3) on each jump of σ_α.
+
+    DSQ draws the step on an interval of width Δ around its jump m as φ(x) = s·tanh(k(x − m)), s = 1/tanh(kΔ/2),
+    with the shape α_dsq = 1 − tanh(kΔ/2) ∈ (0, 1). Here Δ = α and the jumps are σ_α's thresholds jα, j = 0..L−1;
+    with d = x/α − j ∈ [−½, ½] and κ = kα = 2·atanh(1 − α_dsq):
+    μ(x) = α(j + ½ + ½·s·tanh(κd)) (0 below −α/2, c above (L−½)α), μ′(x) = ½·s·κ·(1 − tanh²(κd)) on [−α/2, (L−½)α],
+    0 elsewhere. α_dsq → 0 sharpens μ into σ_α; α_dsq → 1 flattens it into slope 1. DSQ learns α_dsq; here it is fixed.
+    """
+
+    name = "dsq"
+
+    def __init__(self, alpha_dsq: float = 0.2):
+        if not 0.0 < alpha_dsq < 1.0:
+            raise ValueError(f"dsq: alpha_dsq must lie in (0, 1), got {alpha_dsq}")
+        self.alpha_dsq = alpha_dsq
+        self.kappa, self.s = 2 * math.atanh(1 - alpha_dsq), 1 / (1 - alpha_dsq)  # tanh(κ/2) = 1 − α_dsq = 1/s
+
+    def mu(self, x, alpha, levels):
+        u = x / alpha
+        j = nearest_threshold(u, levels)
+        return alpha * (j + 0.5 + 0.5 * self.s * torch.tanh(self.kappa * (u - j).clamp(-0.5, 0.5)))
+
+    def dmu(self, x, alpha, levels):
+        u = x / alpha
+        d = u - nearest_threshold(u, levels)
+        t = torch.tanh(self.kappa * d)
+        return torch.where(d.abs() <= 0.5, 0.5 * self.s * self.kappa * (1 - t * t), 0.0)
+
+
+@register
+class GaussianSmoothed(STE):
+    """σ_α smoothed by Gaussian noise: μ(x) = E_ε[σ_α(x + σα·ε)], ε ~ N(0, 1), σ in units of α.
+
+    With σ_α = α·Σ_{k=1}^{L} 1{x > (k−1)α}: μ(x) = α·Σ_k Φ((x − (k−1)α)/(σα)), so exactly
+    μ′(x) = Σ_{k=1}^{L} α·φ((x − (k−1)α)/(σα))/(σα): the noise density at each threshold (Shekhovtsov & Yanush
+    2020, arXiv 2006.06880: the STE of a noisy step is the derivative of its expectation). σ → 0 recovers σ_α.
+    """
+
+    name = "gaussian_smoothed"
+    reach = 9.0  # terms farther than 9σ weigh φ(9)/φ(0) = e^-40.5: skipped, as in soft_staircase
+
+    def __init__(self, sigma: float = 0.5):
+        if not sigma > 0:
+            raise ValueError(f"gaussian_smoothed: sigma must be > 0, got {sigma}")
+        self.sigma = sigma
+
+    def mu(self, x, alpha, levels):
+        u = x / alpha
+        return alpha * sum(torch.special.ndtr((u - j) / self.sigma) for j in range(levels))
+
+    def dmu(self, x, alpha, levels):
+        def density(d):
+            z = d / self.sigma
+            return torch.exp(-0.5 * z * z)
+
+        width = math.ceil(self.reach * self.sigma)
+        return threshold_sum(x / alpha, levels, width, density) / (self.sigma * math.sqrt(2 * math.pi))
+
+
+@register
+class ReSTE(STE):
+    """Rectified STE (Wu, Zheng, Liu, Zheng, ICCV 2023, §4, and their code): the power function
+    sign(x)|x|^{1/o}, o ≥ 1, whose derivative (1/o)|x|^{1/o−1} is replaced by the secant slope t^{1/o−1} on |x| ≤ t,
+    t = ``interval`` (their 0.1), where it would blow up.
+
+    Ours, per level interval ((k−1)α, kα] of σ_α with w = x/α − (k−1) ∈ (0, 1]: μ(x) = α(k − 1 + m(w)), m(w) = w^{1/o}
+    (w > t), w·t^{1/o−1} (w ≤ t); μ′(x) = (1/o)w^{1/o−1} (w > t), t^{1/o−1} (w ≤ t), on 0 < x ≤ c, 0 elsewhere.
+    Steep next to each jump, flat next to each level: o = 1 is clipped_relu, o → ∞ approaches σ_α. ReSTE raises o
+    from 1 to o_end = 3 as o_start + (1 − cos(πr/2))(o − o_start), r = training progress; ``o_start`` turns that
+    schedule on (``set_epoch``); None keeps o fixed.
+    """
+
+    name = "reste"
+
+    def __init__(self, o: float = 3.0, interval: float = 0.1, o_start: float | None = None):
+        if not o >= 1:
+            raise ValueError(f"reste: o must be >= 1, got {o}")
+        if not 0.0 < interval <= 1.0:
+            raise ValueError(f"reste: interval must lie in (0, 1], got {interval}")
+        if o_start is not None and not (isinstance(o_start, int | float) and o_start >= 1):  # null is a None
+            raise ValueError(f"reste: o_start must be a number >= 1 or null, got {o_start!r}")
+        self.o, self.interval, self.o_start = o, interval, o_start
+        self.exponent = o if o_start is None else o_start  # the o in use: moves with set_epoch
+
+    def set_epoch(self, epoch, max_epochs):
+        r = progress(epoch, max_epochs)
+        if self.o_start is not None:  # ReSTE's schedule (their main.py), with r reaching 1 at the last epoch
+            self.exponent = self.o_start + (1 - math.cos(math.pi * r / 2)) * (self.o - self.o_start)
+
+    def _piece(self, x, alpha, levels):
+        """k, w = x/α − (k − 1) ∈ (0, 1] on ((k−1)α, kα], and whether 0 < x ≤ c."""
+        k = level_index(x, alpha, levels)
+        return k, x / alpha - k + 1, (x > 0) & (x <= clip_point(alpha, levels))
+
+    def mu(self, x, alpha, levels):
+        k, w, inside = self._piece(x, alpha, levels)
+        p, t = 1 / self.exponent, self.interval
+        m = torch.where(w > t, w.clamp_min(t) ** p, w * t ** (p - 1))  # clamp: no NaN from a negative base
+        return torch.where(
+            inside, alpha * (k - 1 + m), torch.minimum(x.clamp_min(0), clip_point(alpha, levels))
+        )
+
+    def dmu(self, x, alpha, levels):
+        _, w, inside = self._piece(x, alpha, levels)
+        p, t = 1 / self.exponent, self.interval
+        return torch.where(inside, torch.where(w > t, p * w.clamp_min(t) ** (p - 1), t ** (p - 1)), 0.0)
+
+
+@register
+class ApproxPoly(STE):
+    """Bi-Real Net's ApproxSign (Liu et al., ECCV 2018, §3.2) on each jump of σ_α: F(v) = 2v − v|v| on |v| ≤ 1
+    (sign(v) beyond), F′(v) = 2 − 2|v|, a triangle; scaled to one step, v = 2(x/α − j) around the threshold jα:
+
+    μ(x) = α(j + ½ + ½·F(v)), μ′(x) = max(0, 2 − 4|x/α − j|) for the nearest threshold j ∈ {0, …, L−1}: piecewise
+    quadratic μ, a triangle of area α per step, zero outside [−α/2, (L−½)α].
+    """
+
+    name = "approx_poly"
+
+    def mu(self, x, alpha, levels):
+        u = x / alpha
+        j = nearest_threshold(u, levels)
+        v = (2 * (u - j)).clamp(-1, 1)
+        return alpha * (j + 0.5 + 0.5 * (2 * v - v * v.abs()))
+
+    def dmu(self, x, alpha, levels):
+        u = x / alpha
+        return (2 - 4 * (u - nearest_threshold(u, levels)).abs()).clamp_min(0)
+
+
+@register
+class AnnealedSoftStaircase(SoftStaircase):
+    """soft_staircase (μ′ = β·Σ_k s_k(1 − s_k), s_k = sigmoid(β(x − kα)/α)) with its slope β annealed over training:
+    β(t) = β_start·(β_end/β_start)^t, t = epoch/(max_epochs − 1), set by ``set_epoch``: the slope annealing trick of
+    Chung, Ahn, Bengio (ICLR 2017, hierarchical multiscale RNNs; they raise the slope linearly, 1 + 0.04 per epoch up to 5).
+    """
+
+    name = "annealed_soft_staircase"
+
+    def __init__(self, beta_start: float = 1.0, beta_end: float = 16.0):
+        for key, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not value > 0:
+                raise ValueError(f"annealed_soft_staircase: {key} must be > 0, got {value}")
+        self.beta_start, self.beta_end = beta_start, beta_end
+        self.beta = beta_start  # β in use: moves with set_epoch
+
+    def set_epoch(self, epoch, max_epochs):
+        self.beta = self.beta_start * (self.beta_end / self.beta_start) ** progress(epoch, max_epochs)

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme",
         type=Path,
-        help="also write Table 1a's rows into this file's <!-- results:PROFILE --> block",
+        help="also write Table 1a's rows (and the W×A and tuned tables, when they ran) into this file's "
+        "<!-- results:PROFILE --> block",
     )
     args = parser.parse_args(argv)
     if not args.root.is_dir():

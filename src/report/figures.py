@@ -17,6 +17,15 @@ LABELS = {
     "val/acc": "validation accuracy (%)",
     "val/loss": "validation loss",
     "val/population_loss": "population loss f(v, w)",
+    # the diagnostics of issue 13, by the last part of their name (diag/<layer>/<name>, descent/<name>)
+    "below": "fraction at or below 0",
+    "saturated": "fraction saturated (above c)",
+    "level_entropy": "level entropy (bits)",
+    "grad_norm": "gradient norm at the pre-activation",
+    "smooth_cos": "cos(smoothed-loss gradient, coarse)",
+    "smooth_cos_fp": "cos(smoothed-loss gradient, FP ReLU)",
+    "disagree": "cosine of the weight gradients",
+    "descent": "Δ loss (quantized forward)",
 }
 
 
@@ -30,7 +39,11 @@ def color(label: str) -> str | None:
 
 def save(fig, path: Path, n_labels: int) -> Path:
     """Legend below the axes (never over data), then a small PNG."""
-    handles, labels = fig.axes[0].get_legend_handles_labels()
+    legend = {}  # label -> handle over all panels: a label missing from the first panel still gets its entry
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     if handles:
         ncol = max(
             1, min(n_labels, int(fig.get_figwidth() // 1.5))
@@ -42,17 +55,40 @@ def save(fig, path: Path, n_labels: int) -> Path:
     return path
 
 
+def ylabel(metric: str) -> str:
+    """The axis label of a metric: its own, else its last part's ('diag/0/saturated' -> saturated's), else its
+    first part's ('disagree/relu' -> disagree's), else the name itself."""
+    parts = metric.split("/")
+    return LABELS.get(metric) or LABELS.get(parts[-1]) or LABELS.get(parts[0], metric)
+
+
+def panels(n: int, cols: int = 4):
+    """n panels in rows of at most ``cols`` (4.6 × 3.6 in each); the spare axes of the last row are hidden."""
+    ncols, nrows = min(n, cols), -(-n // cols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat[:n]
+
+
 def plot_curves(
-    groups: dict[str, list[pd.DataFrame]], metrics: tuple[str, ...], path: Path, title: str, switch=None
+    groups: dict[str, list[pd.DataFrame]],
+    metrics: tuple[str, ...],
+    path: Path,
+    title: str,
+    switch=None,
+    titles: tuple[str, ...] | None = None,
 ) -> Path:
-    """One panel per metric, per label the mean over its runs' curves with a min–max band; x = epoch, 0 = start.
+    """One panel per metric (rows of 4), per label the mean over its runs' curves with a min–max band; x = epoch,
+    0 = start.
 
     ``switch``: the epoch where the learning rate leaves its hold (Figure 2's 1e-5 phase), drawn dashed.
+    ``titles``: one per panel (e.g. the layer a diagnostic belongs to).
     """
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False, layout="constrained"
-    )
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    fig, axes = panels(len(metrics))
+    for i, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
         for label, curves in groups.items():
             series = [c[metric].dropna() for c in curves if metric in c]
             if not any(len(s) for s in series):
@@ -71,12 +107,34 @@ def plot_curves(
         if switch is not None:
             ax.axvline(switch, color="gray", linestyle="--", linewidth=1, label=f"lr switch (epoch {switch})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="epoch", ylabel=LABELS.get(metric, metric))
+        ax.set(xlabel="epoch", ylabel=ylabel(metric), title=titles[i] if titles else "")
         if metric == "val/population_loss":
             ax.set_yscale("log")  # the two-layer model's loss falls over orders of magnitude
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return save(fig, path, len(groups) + (switch is not None))
+
+
+# the descent probe's directions (issue 13): the run's coarse gradient, a random one, the float ReLU's gradient
+DIRECTIONS = {"coarse": ("k", "-"), "fp": ("C7", "--"), "random": ("C7", ":")}
+
+
+def plot_probe(probes: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
+    """One panel per label: Δ true loss against the step length t (log x), one line per direction in DIRECTIONS.
+
+    ``probes[label]``: index t, a column per direction (as ``descent_profile`` returns).
+    """
+    fig, axes = panels(len(probes))
+    for ax, (label, probe) in zip(axes, probes.items(), strict=True):
+        for direction, (colour, style) in DIRECTIONS.items():
+            if direction in probe:
+                ax.plot(probe.index, probe[direction], style, marker="o", ms=3, color=colour, label=direction)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set(xlabel="step length t", ylabel="Δ loss (quantized forward)", title=label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path, len(DIRECTIONS))
 
 
 def plot_bars(bars: pd.DataFrame, order: list[str], path: Path, title: str) -> Path:

@@ -14,10 +14,23 @@ PROTOCOL = [
 ]  # fmt: skip
 # beside (data, model, bits), a non-default value of these makes a separate Table-1 row (e.g. "2 (pact)")
 VARIANT_DEFAULTS = {"alpha_mode": "fixed", "alpha": "lloyd", "tag": None}
-KNOBS = ["kind", "experiment", "data", "model", "bits", *STE_KNOBS, *VARIANT_DEFAULTS, "init", *PROTOCOL]
+KNOBS = [
+    "kind",
+    "experiment",
+    "data",
+    "model",
+    "bits",
+    "wquant",
+    "wbits",
+    "wa",
+    *STE_KNOBS,
+    *VARIANT_DEFAULTS,
+    "init",
+    *PROTOCOL,
+]
 METRICS = ["val_acc", "val_acc_best", "best_epoch", "train_loss", "val_loss", "population_loss"]
 INTS = [
-    "bits", "seed", "epochs", "max_epochs", "best_epoch", "train_subset", "val_subset", "batch_size", "hold_epochs",
+    "bits", "wbits", "seed", "epochs", "max_epochs", "best_epoch", "train_subset", "val_subset", "batch_size", "hold_epochs",
 ]  # fmt: skip
 COLUMNS = [
     "run_name",
@@ -59,6 +72,7 @@ def knobs(run: Run) -> dict:
         k: run[k] for k in ("epochs", "max_epochs", "train_subset", "alpha_mode", *METRICS, "wall_time_s")
     }
     row |= {f"ste_{k}": ste.get(k) for k in ("eps", "beta", "delta")}
+    row |= dict(zip(("wquant", "wbits"), run.weights, strict=True)) | {"wa": run.wa}
     row |= {"alpha": quant.get("alpha"), "init": "checkpoint" if run["init_checkpoint"] else "scratch"}
     row |= {"optimizer": _name(opt.get("_target_"))} | {
         k: opt.get(k) for k in ("lr", "momentum", "weight_decay")

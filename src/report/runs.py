@@ -12,6 +12,10 @@ import yaml
 
 # The experiment names the pipeline gives the instability runs (conf/experiment/*.yaml)
 FIG2, FIG4 = "fig2_identity_repelled", "fig4_relu_2bit"
+# Stage dirs (<root>/<stage>/...) whose runs have their own section and never enter Table 1: tuning trials
+# (<root>/tune/<ste>-<bits>bit/<run>), the tuned retrainings and the weights × activations sweep.
+TUNE, TUNED, WXA = "tune", "tuned", "wxa"
+FLOAT_WEIGHTS = (None, "fp")  # wquant.name of the paper's runs (float weights): absent or fp
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class Run:
     summary: dict
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    stage: tuple[
+        str, ...
+    ] = ()  # the folders between the report's ROOT and the run dir, e.g. ("tune", "relu-2bit")
 
     def __getitem__(self, key: str):
         return self.summary.get(key)
@@ -33,12 +40,37 @@ class Run:
 
     @property
     def kind(self) -> str:
-        """Which report section the run belongs to: two_layer, fig2, fig4, fp or table1 (from summary fields)."""
+        """Which report section the run belongs to: two_layer, fig2, fig4, tune, tuned, wxa, fp or table1.
+
+        From summary fields, the weight quantizer and the stage dir; float-weight runs outside the tune, tuned
+        and wxa stage dirs are sorted as before weights could be quantized.
+        """
         if self["model"] == "two_layer" or self["data"] == "gaussian":
             return "two_layer"
         if self["experiment"] in (FIG2, FIG4):
             return "fig2" if self["experiment"] == FIG2 else "fig4"
+        if TUNE in self.stage:
+            return "tune"
+        if TUNED in self.stage or self["tag"] == TUNED:
+            return "tuned"
+        if WXA in self.stage or self.weights[0] not in FLOAT_WEIGHTS:
+            return "wxa"
         return "fp" if self["bits"] is None else "table1"
+
+    @property
+    def weights(self) -> tuple[str, int | None]:
+        """(weight quantizer, weight bits): ("fp", None) for float weights; a binary quantizer has 1 bit."""
+        node = self.config.get("wquant") or {}
+        name = node.get("name", self["wquant"]) or "fp"
+        bits = node.get("bits", self["wbits"])
+        return name, 1 if name == "binary" else (None if bits is None else int(bits))
+
+    @property
+    def wa(self) -> str:
+        """Weight and activation bits as one label: w4a2, w1a2 (binary), wta2 (ternary), wfa2 (float), w2af."""
+        from src.quant.weights import weight_token  # the run name's weight token: one home
+
+        return f"w{weight_token(*self.weights) or 'f'}a{'f' if self['bits'] is None else self['bits']}"
 
     def value(self, metric: str) -> float | None:
         """A summary metric, or None unless the run finished with a finite value."""
@@ -85,8 +117,8 @@ def scan(root: Path, exclude: Path | None = None) -> tuple[list[Run], list[Path]
     A run dir holds summary.json, or (interrupted) config.yaml and provenance.json only. ``exclude`` (the
     report's own output folder) is skipped, so a report written inside ROOT is never read back.
     """
-    runs, bad = [], []
-    dirs = {p.parent for name in ("summary.json", "provenance.json") for p in Path(root).rglob(name)}
+    runs, bad, root = [], [], Path(root)
+    dirs = {p.parent for name in ("summary.json", "provenance.json") for p in root.rglob(name)}
     exclude = exclude.resolve() if exclude else None
     for run_dir in sorted(dirs):
         if exclude and run_dir.resolve().is_relative_to(exclude):
@@ -97,7 +129,7 @@ def scan(root: Path, exclude: Path | None = None) -> tuple[list[Run], list[Path]
         except (OSError, ValueError, yaml.YAMLError):  # a half-written file: report it, do not crash
             bad.append(run_dir)
             continue
-        runs.append(Run(run_dir, summary, config, prov))
+        runs.append(Run(run_dir, summary, config, prov, run_dir.relative_to(root).parts[:-1]))
     return runs, bad
 
 

@@ -35,6 +35,7 @@ DEEP = {
     "resnet20",
 }  # the paper's ordering claim is for the deeper nets (Yin et al. 2019, §1.2, §4.1)
 METRIC_INDEX = {"train_loss": 0, "val_acc": 1}  # position in PAPER_TABLE1's pairs
+SIDE_KINDS = ("tune", "tuned", "wxa")  # Run.kind of runs with their own section, never in Table 1
 Key = tuple  # (data, model, bits) then the row's non-default variant knobs, e.g. ("cifar10", "vgg11", 2, "pact")
 
 
@@ -75,13 +76,14 @@ def why_apart(run: pd.Series, majority: pd.Series | None) -> str:
 
 def protocol_split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs in Table 1's cells, other runs with ``why``): quantized runs that follow their row's protocol;
-    the others are the Table-1 runs that do not, and every failed run.
+    the others are the Table-1 runs that do not, and every failed run but those of ``SIDE_KINDS``.
 
     The protocol of a (data, model, bits) row is the schedule/epochs/subsets most of its runs share.
     """
-    t1 = table[
-        (table["kind"] == "table1") | (table["status"] == "failed")
-    ].copy()  # a failed run may lack bits
+    own_section = table["kind"].isin(
+        SIDE_KINDS
+    )  # a W×A or tuning run, failed or not, goes to its own section
+    t1 = table[(table["kind"] == "table1") | ((table["status"] == "failed") & ~own_section)].copy()
     t1["key"] = [row_key(r) for _, r in t1.iterrows()]
     t1["column"] = [ste_column(r) for _, r in t1.iterrows()]
     t1["protocol"] = ["|".join(str(r[k]) for k in PROTOCOL) for _, r in t1.iterrows()]

@@ -1,0 +1,235 @@
+"""Inside the STE (issue 13): per-layer diagnostics, STE disagreement and the descent probe, from metrics.csv.
+
+Columns read (absent ones are skipped): ``diag/<layer>/{below,saturated,level_entropy,grad_norm}``,
+``disagree/<ste>`` (cosine of this run's weight gradient with that STE's), ``descent/{coarse,random,fp}/<t>``
+(Δ true loss at step length t) and ``descent/smooth_cos[_fp]``. Layers are in metrics.csv's column order, which is
+the callback's: model order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from src.report.figures import DIRECTIONS, plot_curves, plot_probe, ylabel
+from src.report.runs import Run, read_curves
+from src.report.sections import labelled_curves, slug
+from src.report.table1 import md_table, newest_per_seed, row_key, row_label, ste_column, ste_order
+
+DIAG = ("saturated", "level_entropy", "below", "grad_norm")  # figure and table order; the issue's two first
+PREFIXES = ("diag", "disagree", "descent")
+KINDS = ("table1", "wxa", "tuned")  # runs compared per STE; tuning trials (other lrs) and fig2/fig4 are not
+
+
+def has_diagnostics(curve: pd.DataFrame) -> bool:
+    """Whether a metrics.csv holds any diagnostic column."""
+    return any(str(c).split("/")[0] in PREFIXES for c in curve.columns)
+
+
+def layers(curves: list[pd.DataFrame]) -> list[str]:
+    """The layers with diag/ columns, in first-seen column order (model order)."""
+    return list(dict.fromkeys(c.split("/")[1] for curve in curves for c in curve if c.startswith("diag/")))
+
+
+def present(curves: list[pd.DataFrame], columns) -> list[str]:
+    """The columns any curve holds, in the given order."""
+    return [c for c in columns if any(c in curve for curve in curves)]
+
+
+def steps(curves: list[pd.DataFrame]) -> list[str]:
+    """The probe's step lengths t (as written in the column names), ascending."""
+    found = {c.split("/")[2] for curve in curves for c in curve if c.startswith("descent/coarse/")}
+    return sorted(found, key=float)
+
+
+def final(curves: list[pd.DataFrame], column: str) -> float | None:
+    """Mean over the runs of each run's last logged value of ``column``; None when none logged it."""
+    last = [c[column].dropna().iloc[-1] for c in curves if column in c and c[column].notna().any()]
+    return sum(last) / len(last) if last else None
+
+
+def descent_profile(curve: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """The probe at one epoch: index step length t, one column per direction (coarse, random, fp)."""
+    if epoch not in curve.index:
+        return pd.DataFrame()
+    row, found = curve.loc[epoch], {}
+    for column in curve.columns:
+        parts = str(column).split("/")
+        if len(parts) == 3 and parts[0] == "descent" and parts[1] in DIRECTIONS and pd.notna(row[column]):
+            found.setdefault(parts[1], {})[float(parts[2])] = float(row[column])
+    return pd.DataFrame(found).sort_index()
+
+
+def probe_epoch(curve: pd.DataFrame) -> int | None:
+    """The last epoch the descent probe ran at (its columns are empty between probes)."""
+    probed = curve.filter(like="descent/coarse/").notna().any(axis=1)
+    return int(probed[probed].index[-1]) if probed.any() else None
+
+
+def mean_profile(curves: list[pd.DataFrame]) -> pd.DataFrame:
+    """The probe at each run's last probed epoch, averaged over the runs (per t and direction)."""
+    profiles = [descent_profile(c, e) for c in curves if (e := probe_epoch(c)) is not None]
+    profiles = [p for p in profiles if not p.empty]
+    return pd.concat(profiles).groupby(level=0).mean() if profiles else pd.DataFrame()
+
+
+def show(x: float | None) -> str:
+    return "—" if x is None or pd.isna(x) else f"{x:.3g}"
+
+
+def figure(plot, name: str, out: Path, *args, **kwargs) -> str:
+    """Draw one PNG beside report.md and return its markdown link."""
+    plot(*args, out / name, **kwargs)
+    return f"![{name}]({name})\n"
+
+
+def diag_figures(by_ste: dict[str, list[pd.DataFrame]], name: str, title: str, out: Path) -> list[str]:
+    """Per diagnostic, one panel per layer; the disagreement with each paper STE; the descent probe."""
+    curves = [c for group in by_ste.values() for c in group]
+    links = []
+    for metric in DIAG:
+        cols = present(curves, [f"diag/{layer}/{metric}" for layer in layers(curves)])
+        if cols:
+            titles = tuple(f"layer {c.split('/')[1]}" for c in cols)
+            text = f"{title}: {ylabel(metric)}"
+            links.append(
+                figure(
+                    plot_curves, f"{metric}_{name}.png", out, by_ste, tuple(cols), title=text, titles=titles
+                )
+            )
+    against = present(curves, [f"disagree/{s}" for s in ste_order([])])
+    if against:
+        titles = tuple(f"vs {c.split('/')[1]}" for c in against)
+        text = f"{title}: cosine of the weight gradients, each paper STE"
+        links.append(
+            figure(
+                plot_curves, f"disagree_{name}.png", out, by_ste, tuple(against), title=text, titles=titles
+            )
+        )
+    probe = present(
+        curves,
+        [f"descent/coarse/{t}" for t in steps(curves)] + ["descent/smooth_cos", "descent/smooth_cos_fp"],
+    )
+    if probe:
+        titles = tuple(
+            f"coarse, t = {c.split('/')[2]}" if c.count("/") == 2 else c.split("/")[1] for c in probe
+        )
+        text = f"{title}: descent probe over epochs (Δ loss along the coarse gradient; smoothed-loss cosine)"
+        links.append(
+            figure(plot_curves, f"descent_{name}.png", out, by_ste, tuple(probe), title=text, titles=titles)
+        )
+    profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
+    if profiles:
+        text = f"{title}: Δ loss against step length at the last probe"
+        links.append(figure(plot_probe, f"probe_{name}.png", out, profiles, title=text))
+    return links
+
+
+def layer_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
+    """Final epoch, mean over seeds: per STE and layer, each diagnostic."""
+    curves = [c for group in by_ste.values() for c in group]
+    metrics = [m for m in DIAG if present(curves, [f"diag/{layer}/{m}" for layer in layers(curves)])]
+    rows = [
+        [ste, layer, *(show(final(group, f"diag/{layer}/{m}")) for m in metrics)]
+        for ste, group in by_ste.items()
+        for layer in layers(group)
+    ]
+    return md_table(["STE", "layer", *(ylabel(m) for m in metrics)], rows)
+
+
+def agreement_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
+    """Final epoch, mean over seeds: per STE the cosine with each paper STE's gradient and the smoothed cosines."""
+    curves = [c for group in by_ste.values() for c in group]
+    cols = present(
+        curves, [f"disagree/{s}" for s in ste_order([])] + ["descent/smooth_cos", "descent/smooth_cos_fp"]
+    )
+    header = [f"vs {c.split('/')[1]}" if c.startswith("disagree/") else c.split("/")[1] for c in cols]
+    rows = [[ste, *(show(final(group, c)) for c in cols)] for ste, group in by_ste.items()]
+    return md_table(["STE", *header], rows) if cols else ""
+
+
+def probe_table(profiles: dict[str, pd.DataFrame]) -> str:
+    """Δ loss per label and step length t, one column per direction."""
+    directions = [d for d in DIRECTIONS if any(d in p for p in profiles.values())]
+    rows = [
+        [label, f"{t:g}", *(show(p.loc[t].get(d)) for d in directions)]
+        for label, p in profiles.items()
+        for t in p.index
+    ]
+    return md_table(["run", "t", *(f"Δ loss, {d}" for d in directions)], rows)
+
+
+def groups(table: pd.DataFrame) -> dict[tuple, dict[str, list[pd.DataFrame]]]:
+    """{(data, model, bits, *variant, stage, wa): {STE: curves of its seeds}} over the runs with diagnostics; a
+    repeated seed counts once (its newest run), as in Table 1."""
+    mine = table[table["kind"].isin(KINDS) & table["status"].isin(["finished", "diverged"])]
+    if mine.empty:
+        return {}
+    mine = mine.assign(
+        group=[(*row_key(r), (r["run"].stage or ("",))[0], r["wa"]) for _, r in mine.iterrows()],
+        column=[ste_column(r) for _, r in mine.iterrows()],
+    )
+    out: dict[tuple, dict[str, list[pd.DataFrame]]] = {}
+    for _, r in newest_per_seed(mine, ("group", "column")).sort_values("path").iterrows():
+        if has_diagnostics(curve := read_curves(r["run"])):
+            out.setdefault(r["group"], {}).setdefault(r["column"], []).append(curve)
+    return {k: {s: g[s] for s in ste_order(g) if s in g} for k, g in out.items()}
+
+
+def group_part(key: tuple, by_ste: dict[str, list[pd.DataFrame]], out: Path) -> list[str]:
+    """One (row, stage, wa) group: layers, figures and the final-epoch tables."""
+    *row, stage, wa = key
+    title = " ".join(row_label(tuple(row))) + f" bit, {wa}" + (f", stage {stage}" if stage else "")
+    profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
+    curves = [c for group in by_ste.values() for c in group]
+    parts = [f"### {title}\n", f"Layers (model order): {', '.join(layers(curves)) or 'none logged'}.\n"]
+    parts += diag_figures(by_ste, slug(key), title, out)
+    parts += [f"Final epoch, mean over seeds ({counted_seeds(by_ste)}):\n", layer_table(by_ste) + "\n"]
+    agreement = agreement_table(by_ste)
+    lead = "Cosines at the final epoch, mean over seeds (weight gradient vs each paper STE's; smoothed loss):\n\n"
+    parts += [f"{lead}{agreement}\n"] if agreement else []
+    parts += [f"Descent probe at the last probed epoch:\n\n{probe_table(profiles)}\n"] * bool(profiles)
+    return parts
+
+
+def counted_seeds(by_ste: dict[str, list[pd.DataFrame]]) -> str:
+    """'identity 3 runs, relu 3 runs'."""
+    return ", ".join(f"{ste} {len(group)} run{'s' * (len(group) != 1)}" for ste, group in by_ste.items())
+
+
+def start_probe(kind: str, runs: list[Run], out: Path) -> list[str]:
+    """Figure 2 or 4's runs: the descent probe around the starting minimum (their epoch-0 row)."""
+    mine = [r for r in runs if r.kind == kind and r.status != "interrupted"]
+    curves = labelled_curves(mine, lambda r: r["tag"] or r["run_name"])
+    profiles = {label: p for label, _, curve in curves if not (p := descent_profile(curve, 0)).empty}
+    if not profiles:
+        return []
+    number = kind.removeprefix("fig")
+    title = f"Figure {number} runs: Δ loss against step length at the starting minimum (epoch 0)"
+    link = figure(plot_probe, f"probe_{kind}.png", out, profiles, title=title)
+    return [
+        f"### Figure {number}: the probe around the starting minimum\n",
+        link,
+        probe_table(profiles) + "\n",
+    ]
+
+
+INTRO = (
+    "Diagnostics logged by the runs (issue 13), one colour per STE, mean over seeds with a min–max band: per "
+    "quantized activation (model order) the fraction of pre-activations at or below 0 and above the clip point "
+    "(saturated), the entropy of the level occupancy (bits) and the gradient norm reaching it; the cosine between "
+    "this run's weight gradient and each paper STE's on a fixed probe batch; and the descent probe: the change of "
+    "the true (quantized) loss along the normalised negative coarse gradient, a random direction and the FP ReLU "
+    "gradient, and the cosine of a Gaussian-smoothed loss gradient with the coarse one (the deep-net counterpart "
+    "of the paper's ⟨E[g], ∇f⟩ > 0, Yin et al. 2019, Lemmas 4–9).\n"
+)
+
+
+def diagnostics_section(table: pd.DataFrame, runs: list[Run], out: Path) -> str:
+    """'Inside the STE': per group of runs compared per STE, then the Figure 2 / 4 starting-point probes."""
+    parts = [p for key, by_ste in groups(table).items() for p in group_part(key, by_ste, out)]
+    parts += start_probe("fig2", runs, out) + start_probe("fig4", runs, out)
+    if not parts:
+        return "No STE diagnostics in the runs' metrics.csv (diag/, disagree/ or descent/ columns).\n"
+    return "\n".join(["## Inside the STE\n", INTRO, *parts])
