@@ -110,12 +110,13 @@ class EpochCheckpoint(Checkpoint):
         row = self._row(trainer, epoch)
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         write_rows(self.metrics_file, self.rows)
+        # the log line leaves per-layer and per-step-length metrics (diag/<layer>/...) to metrics.csv
+        brief = {k: v for k, v in row.items() if k not in ("epoch", "step") and k.count("/") < 2}
         log.info(
-            "epoch %d/%d: %s", epoch, trainer.max_epochs,
-            "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step")),
-        )  # fmt: skip
+            "epoch %d/%d: %s", epoch, trainer.max_epochs, "  ".join(f"{k} {v:.4g}" for k, v in brief.items())
+        )
         if epoch % self.every_n_epochs == 0 or trainer.should_stop or epoch >= trainer.max_epochs:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: a resume continues it
 
     @staticmethod
     def _row(trainer: pl.Trainer, epoch: int) -> dict:
