@@ -760,15 +760,11 @@ def diag_root(tmp_path: Path) -> Path:
             run = write_run(root / "table1", f"{ste}-s{seed}", ste=ste, seed=seed, epochs=2, max_epochs=2)
             write_rows(run / "metrics.csv", [diag_row(ste, seed, e) for e in range(3)])
     run = write_run(root / "fig2", "f2", ste="identity", experiment="fig2_identity_repelled", tag="from_relu",
-                    model="resnet20", data="cifar10", bits=4, epochs=1, max_epochs=1)  # fmt: skip
-    start = {
-        "epoch": 0,
-        "step": 0,
-        "descent/coarse/0.01": -0.5,
-        "descent/random/0.01": 0.1,
-        "descent/fp/0.01": -0.3,
-    }
-    write_rows(run / "metrics.csv", [start, {"epoch": 1, "step": 5, "train/loss": 1.0}])
+                    model="resnet20", data="cifar10", bits=4, epochs=2, max_epochs=2)  # fmt: skip
+    probe = {"descent/coarse/0.01": -0.5, "descent/random/0.01": 0.1, "descent/fp/0.01": -0.3}
+    later = {"descent/coarse/0.01": -0.9, "descent/random/0.01": 0.2, "descent/fp/0.01": -0.1}
+    rows = [{"epoch": 0, "step": 0}, {"epoch": 1, "step": 5, **probe}, {"epoch": 2, "step": 10, **later}]
+    write_rows(run / "metrics.csv", rows)  # the first probe (epoch 1) is the starting minimum's
     return root
 
 

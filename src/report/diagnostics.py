@@ -61,10 +61,10 @@ def descent_profile(curve: pd.DataFrame, epoch: int) -> pd.DataFrame:
     return pd.DataFrame(found).sort_index()
 
 
-def probe_epoch(curve: pd.DataFrame) -> int | None:
-    """The last epoch the descent probe ran at (its columns are empty between probes)."""
+def probe_epoch(curve: pd.DataFrame, first: bool = False) -> int | None:
+    """The last (or first) epoch the descent probe ran at (its columns are empty between probes)."""
     probed = curve.filter(like="descent/coarse/").notna().any(axis=1)
-    return int(probed[probed].index[-1]) if probed.any() else None
+    return int(probed[probed].index[0 if first else -1]) if probed.any() else None
 
 
 def mean_profile(curves: list[pd.DataFrame]) -> pd.DataFrame:
@@ -199,14 +199,17 @@ def counted_seeds(by_ste: dict[str, list[pd.DataFrame]]) -> str:
 
 
 def start_probe(kind: str, runs: list[Run], out: Path) -> list[str]:
-    """Figure 2 or 4's runs: the descent probe around the starting minimum (their epoch-0 row)."""
+    """Figure 2 or 4's runs: the descent probe around the starting minimum — its first probe, after one epoch at
+    lr 1e-5 (the probe batch is gathered during that epoch), which leaves the weights at the minimum."""
     mine = [r for r in runs if r.kind == kind and r.status != "interrupted"]
     curves = labelled_curves(mine, lambda r: r["tag"] or r["run_name"])
-    profiles = {label: p for label, _, curve in curves if not (p := descent_profile(curve, 0)).empty}
+    firsts = {label: (curve, probe_epoch(curve, first=True)) for label, _, curve in curves}
+    profiles = {label: descent_profile(c, e) for label, (c, e) in firsts.items() if e is not None}
     if not profiles:
         return []
     number = kind.removeprefix("fig")
-    title = f"Figure {number} runs: Δ loss against step length at the starting minimum (epoch 0)"
+    epochs = ", ".join(sorted({str(e) for _, e in firsts.values() if e is not None}))
+    title = f"Figure {number} runs: Δ loss against step length at the starting minimum (first probe, epoch {epochs})"
     link = figure(plot_probe, f"probe_{kind}.png", out, profiles, title=title)
     return [
         f"### Figure {number}: the probe around the starting minimum\n",
