@@ -10,6 +10,8 @@ Three tables, each run on one device named in the header:
   round times every variant of a model in turn (interleaved, so drift in machine load hits all alike).
 - memory: bytes each activation keeps for backward per element, and what a ResNet-20 forward keeps in all
   (torch.autograd.graph.saved_tensors_hooks; on CUDA also the peak memory of a step).
+- parity (not in the default sections; for a GPU): one train step of each model × activation on the CPU and on
+  the device from the same weights and batch: loss and gradient differences, activation levels that differ.
 - concurrency: steps per second of 1, 2, 4, 8 ResNet-20 runs side by side on one device (one process each, as
   the joblib launcher runs sweep jobs), and the ratio to one run.
 - epoch: a Lightning fit of src.module.STEModule (LeNet-5, random MNIST-shaped batches) against a bare PyTorch
@@ -201,6 +203,43 @@ def epoch_table(args, device) -> None:
         print(f"{place:<10}{framework:>12.3f}{bare:>10.3f}{framework / bare:>8.3f}")
 
 
+def parity_table(args, device) -> None:
+    """One SGD step of each model × activation on the CPU and on ``device`` from the same weights and batch:
+    the loss difference, the relative difference of all weight gradients, and the share of activation outputs
+    whose level differs (a pre-activation within float error of a threshold kα may round either way)."""
+    print(f"\n## CPU vs {device.type} parity of one train step ({args.bits}-bit, TF32 off)")
+    print(f"{'model':<10}{'activation':<14}{'|Δ loss|':>10}{'‖Δ grad‖/‖grad‖':>17}{'levels differ':>15}")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    for model_name in args.models:
+        in_shape, batch = INPUT[model_name]
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(batch, *in_shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+        for v in args.variants:
+            torch.manual_seed(0)
+            model = build_model(model_name, activation(v, args.bits), in_shape)
+            runs = [
+                one_step(copy.deepcopy(model).to(d), x.to(d), y.to(d)) for d in (torch.device("cpu"), device)
+            ]
+            (loss_a, grad_a, out_a), (loss_b, grad_b, out_b) = runs
+            differ = sum((a != b).sum().item() for a, b in zip(out_a, out_b, strict=True))
+            total = sum(a.numel() for a in out_a)
+            rel = (grad_a - grad_b).norm() / grad_a.norm()
+            print(f"{model_name:<10}{v:<14}{abs(loss_a - loss_b):>10.2e}{rel:>17.2e}{differ / total:>15.2e}")
+
+
+def one_step(model: nn.Module, x, y) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
+    """Loss, all weight gradients (flat, on the CPU) and every activation's output (on the CPU) of one step."""
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o.detach().cpu())) for m in model.modules()
+             if isinstance(m, QuantReLU | nn.ReLU)]  # fmt: skip
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+    grads = torch.cat([p.grad.flatten().cpu() for p in model.parameters() if p.grad is not None])
+    return loss.item(), grads, outs
+
+
 def concurrent_worker(device: str, threads: int, seconds: float, start, result) -> None:
     """One of N processes: ResNet-20 2-bit clipped_relu steps on its own model until ``seconds`` have passed."""
     torch.set_num_threads(threads)
@@ -291,6 +330,7 @@ def main():
         "memory": memory_table,
         "epoch": epoch_table,
         "concurrency": concurrency_table,
+        "parity": parity_table,
     }
     for section in args.sections:
         tables[section](args, device)
