@@ -772,7 +772,7 @@ def test_inside_the_ste_lists_layers_and_final_diagnostics(diag_root: Path):
     path = build_report(diag_root)
     text, out = path.read_text(), path.parent
     body = text.split("## Inside the STE", 1)[1]
-    assert "### MNIST LeNet5 2 bit, wfa2, stage table1" in body
+    assert "### MNIST LeNet5, wfa2, stage table1" in body
     assert "Layers (model order): features.3, classifier.1." in body
     layers = {(r["STE"], r["layer"]): r for r in md_table(body, "Final epoch, mean over seeds")}
     assert (

@@ -180,7 +180,11 @@ def groups(table: pd.DataFrame) -> dict[tuple, dict[str, list[pd.DataFrame]]]:
 def group_part(key: tuple, by_ste: dict[str, list[pd.DataFrame]], out: Path) -> list[str]:
     """One (row, stage, wa) group: layers, figures and the final-epoch tables."""
     *row, stage, wa = key
-    title = " ".join(row_label(tuple(row))) + f" bit, {wa}" + (f", stage {stage}" if stage else "")
+    data, model, width = row_label(tuple(row))  # width: '2' or '2 (tag=tuned)'; wa names the bits already
+    variant = width.partition(" ")[2]
+    title = (
+        f"{data} {model}, {wa}" + (f" {variant}" if variant else "") + (f", stage {stage}" if stage else "")
+    )
     profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
     curves = [c for group in by_ste.values() for c in group]
     parts = [f"### {title}\n", f"Layers (model order): {', '.join(layers(curves)) or 'none logged'}.\n"]

@@ -131,7 +131,8 @@ def plot_probe(probes: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
                 ax.plot(probe.index, probe[direction], style, marker="o", ms=3, color=colour, label=direction)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set(xlabel="step length t", ylabel="Δ loss (quantized forward)", title=label)
+        ax.set_yscale("symlog", linthresh=1e-3)  # small steps change the loss by ~1e-3, long ones by ~1
+        ax.set(xlabel="step length t", ylabel="Δ loss (quantized forward, symlog)", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return save(fig, path, len(DIRECTIONS))
