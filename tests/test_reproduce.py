@@ -18,7 +18,9 @@ def test_profiles_inherit_from_paper_and_replace_lists():
     assert paper["stages"] == ["pretrain", "table1", "fig2", "fig4", "two_layer", "report"]
     assert paper["nets"] == ["lenet5_mnist", "vgg11_cifar10", "resnet20_cifar10"] and paper["bits"] == [2, 4]
     assert smoke["stages"] == paper["stages"] and smoke["seeds"] == [0]
-    assert "trainer.max_epochs=2" in smoke["overrides"]["pretrain"] and paper["overrides"]["fig2"] == []
+    assert "trainer.max_epochs=2" in smoke["overrides"]["pretrain"] and paper["overrides"]["fig2"] == [
+        "callbacks.diagnostics.descent=true"
+    ]
     assert demo["stages"] == ["two_layer", "report"]
     names = ", ".join(sorted(p.stem for p in reproduce.PROFILES.glob("*.yaml")))
     assert {"demo", "paper", "smoke"} <= set(names.split(", "))
