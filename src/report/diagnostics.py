@@ -87,38 +87,30 @@ def figure(plot, name: str, out: Path, *args, **kwargs) -> str:
 def diag_figures(by_ste: dict[str, list[pd.DataFrame]], name: str, title: str, out: Path) -> list[str]:
     """Per diagnostic, one panel per layer; the disagreement with each paper STE; the descent probe."""
     curves = [c for group in by_ste.values() for c in group]
+    probe = [f"descent/coarse/{t}" for t in steps(curves)] + ["descent/smooth_cos", "descent/smooth_cos_fp"]
+    # (file prefix, candidate columns, panel title of a column, caption)
+    plots = [
+        (
+            m,
+            [f"diag/{layer}/{m}" for layer in layers(curves)],
+            lambda c: f"layer {c.split('/')[1]}",
+            ylabel(m),
+        )
+        for m in DIAG
+    ]
+    plots += [
+        ("disagree", [f"disagree/{s}" for s in ste_order([])], lambda c: f"vs {c.split('/')[1]}",
+         "cosine of the weight gradients, each paper STE"),
+        ("descent", probe, lambda c: f"coarse, t = {c.split('/')[2]}" if c.count("/") == 2 else c.split("/")[1],
+         "descent probe over epochs (Δ loss along the coarse gradient; smoothed-loss cosine)"),
+    ]  # fmt: skip
     links = []
-    for metric in DIAG:
-        cols = present(curves, [f"diag/{layer}/{metric}" for layer in layers(curves)])
-        if cols:
-            titles = tuple(f"layer {c.split('/')[1]}" for c in cols)
-            text = f"{title}: {ylabel(metric)}"
+    for prefix, candidates, panel, caption in plots:
+        if cols := tuple(present(curves, candidates)):
+            titles = tuple(panel(c) for c in cols)
             links.append(
-                figure(
-                    plot_curves, f"{metric}_{name}.png", out, by_ste, tuple(cols), title=text, titles=titles
-                )
-            )
-    against = present(curves, [f"disagree/{s}" for s in ste_order([])])
-    if against:
-        titles = tuple(f"vs {c.split('/')[1]}" for c in against)
-        text = f"{title}: cosine of the weight gradients, each paper STE"
-        links.append(
-            figure(
-                plot_curves, f"disagree_{name}.png", out, by_ste, tuple(against), title=text, titles=titles
-            )
-        )
-    probe = present(
-        curves,
-        [f"descent/coarse/{t}" for t in steps(curves)] + ["descent/smooth_cos", "descent/smooth_cos_fp"],
-    )
-    if probe:
-        titles = tuple(
-            f"coarse, t = {c.split('/')[2]}" if c.count("/") == 2 else c.split("/")[1] for c in probe
-        )
-        text = f"{title}: descent probe over epochs (Δ loss along the coarse gradient; smoothed-loss cosine)"
-        links.append(
-            figure(plot_curves, f"descent_{name}.png", out, by_ste, tuple(probe), title=text, titles=titles)
-        )
+                figure(plot_curves, f"{prefix}_{name}.png", out, by_ste, cols, title=f"{title}: {caption}", titles=titles)
+            )  # fmt: skip
     profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
     if profiles:
         text = f"{title}: Δ loss against step length at the last probe"
