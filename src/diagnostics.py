@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from src.probe import cosine as flat_cosine
 from src.quant import STES, QuantReLU, get_ste, level_index
 from src.quant.quantizer import level_dtype
 
@@ -126,10 +127,7 @@ def weight_grads(model: nn.Module, loss_fn, batch, params: list[nn.Parameter]) -
 
 def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """cos∠(a, b) of the concatenated tensors, in float64; nan when either is zero (no direction)."""
-    a = torch.cat([t.double().flatten() for t in a])
-    b = torch.cat([t.double().flatten() for t in b])
-    norms = torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)
-    return float(a @ b / norms) if norms > 0 else math.nan
+    return flat_cosine(*(torch.cat([t.double().flatten() for t in ts]) for ts in (a, b)))
 
 
 def ste_disagreement(model: nn.Module, loss_fn, batch, others) -> dict[str, float]:
@@ -275,6 +273,6 @@ class Diagnostics(pl.Callback):
         return ste_disagreement(model, loss_fn, self.probe, others)
 
     def _descent(self, model, loss_fn) -> dict[str, float]:
-        from src.probe import descent_probe  # written apart (issue 13 item 3); imported only when switched on
+        from src.probe import descent_probe  # looked up at each call: tests swap in a meddling fake
 
         return descent_probe(model, loss_fn, self.probe, **self.descent_knobs)
