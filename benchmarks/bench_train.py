@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py [--models lenet5,vgg11,resnet20] [--variants float,identity,relu,clipped_relu]
         [--layouts nchw,channels_last,compiled] [--rounds 5] [--steps 2] [--sections step,memory,epoch]
+        [--epoch-models lenet5,resnet20] [--epoch-steps 100]
 
 Three tables, each run on one device named in the header:
 - step: median seconds per SGD step of each model × activation × layout (nchw eager, channels_last eager,
@@ -14,17 +15,23 @@ Three tables, each run on one device named in the header:
   the device from the same weights and batch: loss and gradient differences, activation levels that differ.
 - concurrency: steps per second of 1, 2, 4, 8 ResNet-20 runs side by side on one device (one process each, as
   the joblib launcher runs sweep jobs), and the ratio to one run.
-- epoch: a Lightning fit of src.module.STEModule (LeNet-5, random MNIST-shaped batches) against a bare PyTorch
-  loop with the same model, optimizer and batches; on CUDA also with the batches already on the device.
+- epoch: a training epoch through Lightning against a bare PyTorch loop with the same model (in the layout its
+  conf/model file sets), optimizer and random batches (--epoch-models, default LeNet-5): "src.train" is
+  STEModule with the trainer and callbacks conf/train.yaml builds (checkpoint, diagnostics, progress bar; no
+  logger), "STEModule" the module in a bare Trainer, "minimal" the least LightningModule (Lightning's own
+  loop); the last column is src.train's cost per step. On CUDA also with the batches already on the device.
 The CPU default skips the compiled layout (minutes of compilation): add it with --layouts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 from functools import partial
@@ -32,12 +39,17 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from src.config import register_resolvers
 from src.data.batches import Batches
 from src.models import build_model
 from src.module import STEModule
-from src.provenance import cpu_name
+from src.provenance import REPO, cpu_name
 from src.quant import QuantReLU
 from src.quant.memory import saved_bytes
 
@@ -136,7 +148,8 @@ def peak_step_mb(model: nn.Module, batch: torch.Tensor, device) -> str:
 
 
 class EpochTimer(pl.Callback):
-    """Seconds of the last training epoch, read between Lightning's own epoch hooks."""
+    """Seconds of the last training epoch, read between Lightning's own epoch hooks (after every other
+    callback's epoch-end work, such as src.train's checkpoint and diagnostics: it is added last)."""
 
     def on_train_epoch_start(self, trainer, module):
         self.start = time.perf_counter()
@@ -161,25 +174,40 @@ class MinimalModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def lightning_epoch(model: nn.Module, batches: list, device, minimal: bool = False) -> float:
-    """Seconds of the second epoch of a Lightning fit of STEModule (or MinimalModule) over ``batches`` (the
-    first warms up)."""
+def train_config(run_dir: str, device) -> DictConfig:
+    """conf/train.yaml composed as a src.train job in ``run_dir`` (its callbacks and trainer are what we time)."""
+    register_resolvers()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"trainer.accelerator={device.type}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir, cfg.hydra.job.num = run_dir, 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def lightning_epoch(model: nn.Module, batches: list, device, kind: str) -> float:
+    """Seconds of the second epoch of a Lightning fit over ``batches`` (the first warms up). ``kind``:
+    "src.train" (STEModule with the trainer and callbacks conf/train.yaml builds: checkpoint every epoch,
+    diagnostics, progress bar; no logger), "STEModule" (in a bare Trainer) or "minimal" (MinimalModule)."""
     optimizer = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
-    module = MinimalModule(model) if minimal else STEModule(model, optimizer, num_classes=10)
+    module = MinimalModule(model) if kind == "minimal" else STEModule(model, optimizer, num_classes=10)
     timer = EpochTimer()
-    trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        max_epochs=2,
-        callbacks=[timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
     loader = Batches(lambda epoch: iter(batches), len(batches), lambda: None)  # the datamodules' loader type
-    trainer.fit(module, train_dataloaders=loader)
+    flags = {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0}
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        contextlib.redirect_stderr(io.StringIO()),
+    ):  # the bar's text
+        if kind == "src.train":
+            cfg = train_config(run_dir, device)
+            callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+            trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer], **flags)
+        else:
+            trainer = pl.Trainer(
+                accelerator=device.type, devices=1, callbacks=[timer], enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir, **flags,
+            )  # fmt: skip
+        trainer.fit(module, train_dataloaders=loader)
     return timer.seconds
 
 
@@ -199,34 +227,45 @@ def bare_epoch(model: nn.Module, batches: list, device) -> float:
     return time.perf_counter() - start
 
 
+EPOCH_KINDS = ("src.train", "STEModule", "minimal")
+
+
 def epoch_table(args, device) -> None:
+    """A training epoch through Lightning (three ways, EPOCH_KINDS) against a bare loop over the same batches:
+    median seconds of alternating rounds, the ratio to the bare loop, and the framework's cost per step."""
     print(
-        f"\n## Epoch of {args.epoch_steps} LeNet-5 steps (batch 64, clipped_relu {args.bits}-bit): Lightning vs bare loop,"
-        f" median of {args.rounds} alternating rounds"
+        f"\n## Epoch of {args.epoch_steps} steps (clipped_relu {args.bits}-bit, Table 2 batch): Lightning vs a bare"
+        f" loop, median of {args.rounds} alternating rounds"
     )
     print(
-        f"{'data':<10}{'STEModule s':>12}{'minimal s':>10}{'bare s':>10}{'STEModule/bare':>16}{'minimal/bare':>14}"
+        f"{'model':<10}{'data':<8}{'bare s':>8}"
+        + "".join(f"{k + ' s':>13}{'× bare':>8}" for k in EPOCH_KINDS)
+        + f"{'src.train − bare, ms/step':>27}"
     )
-    gen = torch.Generator().manual_seed(0)
-    host = [
-        (torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen))
-        for _ in range(args.epoch_steps)
-    ]
-    places = {"host": host}
-    if device.type == "cuda":
-        places["device"] = [(x.to(device), y.to(device)) for x, y in host]
-    torch.manual_seed(0)
-    model = build_model("lenet5", activation("clipped_relu", args.bits), (1, 28, 28))
-    for place, batches in places.items():
-        times = {"framework": [], "minimal": [], "bare": []}
-        for _ in range(args.rounds):  # alternating, so drift in machine load hits all alike; medians
-            times["framework"].append(lightning_epoch(copy.deepcopy(model), batches, device))
-            times["minimal"].append(lightning_epoch(copy.deepcopy(model), batches, device, minimal=True))
-            times["bare"].append(bare_epoch(copy.deepcopy(model), batches, device))
-        ours, minimal, bare = (statistics.median(t) for t in times.values())
-        print(
-            f"{place:<10}{ours:>12.3f}{minimal:>10.3f}{bare:>10.3f}{ours / bare:>16.3f}{minimal / bare:>14.3f}"
-        )
+    for model_name in args.epoch_models:
+        in_shape, batch = INPUT[model_name]
+        gen = torch.Generator().manual_seed(0)
+        host = [
+            (torch.randn(batch, *in_shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
+            for _ in range(args.epoch_steps)
+        ]
+        places = {"host": host}
+        if device.type == "cuda":
+            places["device"] = [(x.to(device), y.to(device)) for x, y in host]
+        torch.manual_seed(0)
+        layout = OmegaConf.load(REPO / "conf" / "model" / f"{model_name}.yaml").get("channels_last", False)
+        model = build_model(model_name, activation("clipped_relu", args.bits), in_shape, channels_last=layout)
+        for place, batches in places.items():
+            times = {kind: [] for kind in ("bare", *EPOCH_KINDS)}
+            for _ in range(args.rounds):  # alternating, so drift in machine load hits all alike; medians
+                times["bare"].append(bare_epoch(copy.deepcopy(model), batches, device))
+                for kind in EPOCH_KINDS:
+                    times[kind].append(lightning_epoch(copy.deepcopy(model), batches, device, kind))
+            median = {kind: statistics.median(t) for kind, t in times.items()}
+            bare = median["bare"]
+            cells = "".join(f"{median[k]:>13.3f}{median[k] / bare:>8.3f}" for k in EPOCH_KINDS)
+            per_step = (median["src.train"] - bare) / args.epoch_steps * 1e3
+            print(f"{model_name:<10}{place:<8}{bare:>8.3f}{cells}{per_step:>27.2f}")
 
 
 def parity_table(args, device) -> None:
@@ -322,6 +361,7 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=2, help="steps timed per variant per round")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--epoch-steps", type=int, default=100, help="batches per epoch in the epoch table")
+    parser.add_argument("--epoch-models", type=csv, default=["lenet5"], help="models of the epoch table")
     parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch", "concurrency"])
     parser.add_argument(
         "--concurrent",
@@ -336,7 +376,12 @@ def parse_args():
         args.layouts = list(LAYOUTS) if args.device.startswith("cuda") else ["nchw", "channels_last"]
     if args.concurrent is None:
         args.concurrent = [1, 2, 4, 8] if args.device.startswith("cuda") else [1, 2]
-    for name, given, valid in [("models", args.models, INPUT), ("layouts", args.layouts, LAYOUTS)]:
+    checks = [
+        ("models", args.models, INPUT),
+        ("epoch-models", args.epoch_models, INPUT),
+        ("layouts", args.layouts, LAYOUTS),
+    ]
+    for name, given, valid in checks:
         if unknown := set(given) - set(valid):
             parser.error(f"unknown {name} {sorted(unknown)}; valid: {', '.join(valid)}")
     return args

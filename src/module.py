@@ -51,7 +51,10 @@ class STEModule(pl.LightningModule):
             model, optimizer, scheduler = build_from_config(config, in_shape, num_classes)
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler
         self.loss_fn = LOSSES[getattr(model, "loss", "cross_entropy")]
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        # nan_strategy "disable": a NaN loss reaches the epoch mean (and stops the run as diverged) instead of
+        # being dropped, and no per-step isnan().any() forces a device sync. ("disable" also drops `weight`,
+        # so each example enters as one value: the batch mean expanded to (B,).)
+        self.train_loss, self.val_loss = (MeanMetric(nan_strategy="disable") for _ in range(2))
         # top-1 (micro): the fraction of examples right; torchmetrics' default "macro" averages per-class recall
         self.val_acc = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
         self.best = {"val/acc_best": -math.inf, "val/acc_best_epoch": 0}
@@ -69,7 +72,7 @@ class STEModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss_fn(self(x), y)
-        self.train_loss.update(loss, weight=len(y))
+        self.train_loss.update(loss.detach().expand(len(y)))  # (B,): the mean over examples
         if self.trainer.progress_bar_callback is not None:  # no per-step logging cost when no bar is shown
             self.log(
                 "loss", loss, prog_bar=True, logger=False
@@ -119,7 +122,7 @@ class STEModule(pl.LightningModule):
     def _eval_step(self, batch):
         x, y = batch
         out = self(x)
-        self.val_loss.update(self.loss_fn(out, y), weight=len(y))
+        self.val_loss.update(self.loss_fn(out, y).expand(len(y)))
         if self.val_acc is not None:
             self.val_acc.update(out, y)
 

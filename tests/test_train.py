@@ -185,6 +185,41 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
     assert summary["reason"].startswith("train/loss = ")  # beyond divergence.max_loss, or not finite
 
 
+def test_train_loss_is_the_mean_over_examples_and_keeps_a_nan(tmp_path):
+    """The epoch's train/loss is Σ_batches B·loss / Σ B (unequal batches), and one NaN batch makes it NaN
+    (a mean that dropped it would hide the divergence)."""
+    import pytorch_lightning as pl
+    from functools import partial
+
+    from src.data.batches import Batches
+    from src.models import build_model
+    from src.module import STEModule
+    from src.quant import QuantReLU
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(b, 1, 8, 8, generator=gen), torch.randint(0, 10, (b,), generator=gen)) for b in (16, 4)]
+
+    def epoch_loss(batches):
+        torch.manual_seed(0)
+        model = build_model("tiny", partial(QuantReLU, 2, "lloyd", "clipped_relu"), (1, 8, 8))
+        module = STEModule(model, partial(torch.optim.SGD, lr=0.0), num_classes=10)  # lr 0: weights stay put
+        trainer = pl.Trainer(
+            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+        )
+        trainer.fit(module, train_dataloaders=Batches(lambda e: iter(batches), len(batches), lambda: None))
+        model.train()  # the oracle: each batch's loss from the same (unchanged) weights, BN on batch statistics
+        with torch.no_grad():
+            losses = [float(torch.nn.functional.cross_entropy(model(x), y)) for x, y in batches]
+        return float(trainer.callback_metrics["train/loss"]), losses, module
+
+    logged, losses, _ = epoch_loss(batches)
+    assert logged == pytest.approx((16 * losses[0] + 4 * losses[1]) / 20, rel=1e-5)
+    assert logged != pytest.approx(sum(losses) / 2, rel=1e-3)  # not the plain mean of batch means
+    logged, _, module = epoch_loss([batches[0], (batches[1][0] * math.nan, batches[1][1])])
+    assert math.isnan(logged) and module.diverged_reason == "train/loss = nan at epoch 1"
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------------------
 
 
