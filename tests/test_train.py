@@ -7,13 +7,19 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
 from src.config import ConfigError
+from src.data.batches import Batches
+from src.models import build_model
+from src.module import STEModule
+from src.quant import QuantReLU
 from src.train import train
 from tests.conftest import REPO
 from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
@@ -188,24 +194,23 @@ def test_divergence_is_recorded_not_crashed(tmp_path):
 def test_train_loss_is_the_mean_over_examples_and_keeps_a_nan(tmp_path):
     """The epoch's train/loss is Σ_batches B·loss / Σ B (unequal batches), and one NaN batch makes it NaN
     (a mean that dropped it would hide the divergence)."""
-    import pytorch_lightning as pl
-    from functools import partial
-
-    from src.data.batches import Batches
-    from src.models import build_model
-    from src.module import STEModule
-    from src.quant import QuantReLU
-
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(b, 1, 8, 8, generator=gen), torch.randint(0, 10, (b,), generator=gen)) for b in (16, 4)]
+    batches = [
+        (torch.randn(b, 1, 8, 8, generator=gen), torch.randint(0, 10, (b,), generator=gen)) for b in (16, 4)
+    ]
 
     def epoch_loss(batches):
         torch.manual_seed(0)
         model = build_model("tiny", partial(QuantReLU, 2, "lloyd", "clipped_relu"), (1, 8, 8))
         module = STEModule(model, partial(torch.optim.SGD, lr=0.0), num_classes=10)  # lr 0: weights stay put
         trainer = pl.Trainer(
-            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            accelerator="cpu",
         )
         trainer.fit(module, train_dataloaders=Batches(lambda e: iter(batches), len(batches), lambda: None))
         model.train()  # the oracle: each batch's loss from the same (unchanged) weights, BN on batch statistics
