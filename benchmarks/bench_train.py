@@ -62,9 +62,13 @@ LAYOUTS = {
 PAPER_STES = ("identity", "relu", "clipped_relu")
 
 
+CONTROL = "float again"  # a second float model timed like the others: its ratio to "float" is the noise floor
+
+
 def activation(variant: str, bits: int):
-    """The activation factory of a variant: "float" is nn.ReLU, any other name a QuantReLU with that STE."""
-    return nn.ReLU if variant == "float" else partial(QuantReLU, bits, "lloyd", variant)
+    """The activation factory of a variant: "float" (and CONTROL) is nn.ReLU, any other name a QuantReLU with
+    that STE."""
+    return nn.ReLU if variant in ("float", CONTROL) else partial(QuantReLU, bits, "lloyd", variant)
 
 
 def sync(device: torch.device) -> None:
@@ -105,22 +109,30 @@ def time_interleaved(steps: dict, rounds: int, per_round: int, device) -> dict[s
 
 
 def step_table(args, device) -> None:
+    """Step times of each model × layout × activation, as a ratio to the float ReLU of the same layout and to
+    the same activation in NCHW (the layout's own gain). The CONTROL row, an identical second float model, shows
+    how far two equal variants differ on this machine in this run."""
     print(
         f"\n## Train step, {args.bits}-bit, median of {args.rounds} interleaved rounds × {args.steps} steps"
     )
-    print(f"{'model':<10}{'layout':<15}{'activation':<14}{'batch':>6}{'s/step':>10}{'× float':>9}")
+    print(
+        f"{'model':<10}{'layout':<15}{'activation':<14}{'batch':>6}{'s/step':>10}{'× float':>9}{'× NCHW':>8}"
+    )
+    variants = [*args.variants, CONTROL] if "float" in args.variants else args.variants
     for model_name in args.models:
         torch._dynamo.reset()  # compiled code of the previous model: it would count against dynamo's cache limit
         steps = {
             (layout, v): make_step(model_name, activation(v, args.bits), layout, device)
             for layout in args.layouts
-            for v in args.variants
+            for v in variants
         }
         median = time_interleaved(steps, args.rounds, args.steps, device)
         for (layout, v), seconds in median.items():
-            base = median.get((layout, "float"))
-            ratio = f"{seconds / base:9.3f}" if base else f"{'—':>9}"
-            print(f"{model_name:<10}{layout:<15}{v:<14}{INPUT[model_name][1]:>6}{seconds:>10.4f}{ratio}")
+            ratios = (median.get((layout, "float")), median.get(("nchw", v)) if layout != "nchw" else None)
+            cells = "".join(
+                f"{seconds / r:>{w}.3f}" if r else f"{'—':>{w}}" for r, w in zip(ratios, (9, 8), strict=True)
+            )
+            print(f"{model_name:<10}{layout:<15}{v:<14}{INPUT[model_name][1]:>6}{seconds:>10.4f}{cells}")
 
 
 def memory_table(args, device) -> None:
