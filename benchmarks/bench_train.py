@@ -15,6 +15,7 @@ Three tables, each run on one device named in the header:
   the device from the same weights and batch: loss and gradient differences, activation levels that differ.
 - concurrency: steps per second of 1, 2, 4, 8 ResNet-20 runs side by side on one device (one process each, as
   the joblib launcher runs sweep jobs), and the ratio to one run.
+- stacked: one step of K LeNet-5 runs as one stacked model (src/stack.py) against the K runs one by one.
 - epoch: a training epoch through Lightning against a bare PyTorch loop with the same model (in the layout its
   conf/model file sets), optimizer and random batches (--epoch-models, default LeNet-5): "src.train" is
   STEModule with the trainer and callbacks conf/train.yaml builds (checkpoint, diagnostics, progress bar; no
@@ -52,6 +53,7 @@ from src.module import STEModule
 from src.provenance import REPO, cpu_name
 from src.quant import QuantReLU
 from src.quant.memory import saved_bytes
+from src.stack import StackedModels, stacked_loss
 
 INPUT = {"lenet5": ((1, 28, 28), 64), "vgg11": ((3, 32, 32), 128), "resnet20": ((3, 32, 32), 128)}  # Table 2
 LAYOUTS = {
@@ -353,6 +355,44 @@ def concurrency_table(args, device) -> None:
         print(f"{n:>5}{total:>10.2f}{total / one:>11.2f}")
 
 
+def stacked_steps(k: int, bits: int, device) -> dict:
+    """Two closures, each one SGD step of K LeNet-5 runs (seeds 0..K−1, batch 64 each): "separate" steps the
+    K models one after another, "stacked" the same K as one model (src/stack.py)."""
+    in_shape, batch = INPUT["lenet5"]
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model("lenet5", activation("clipped_relu", bits), in_shape).to(device))
+    stacked = StackedModels(copy.deepcopy(models))
+    x = torch.randn(k, batch, *in_shape, device=device)  # (K, B, C, H, W): each run its own batch
+    y = torch.randint(0, 10, (k, batch), device=device)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
+    opt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9)
+
+    def separate():
+        for model, o, xk, yk in zip(models, opts, x, y, strict=True):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xk), yk).backward()
+            o.step()
+
+    def together():
+        opt.zero_grad(set_to_none=True)
+        stacked_loss(F.cross_entropy, stacked(x), y).backward()
+        opt.step()
+
+    return {"separate": separate, "stacked": together}
+
+
+def stacked_table(args, device) -> None:
+    """Seconds per step of all K runs, separate and stacked, and the stacked throughput gain."""
+    print(f"\n## K LeNet-5 runs stacked (src/stack.py) vs one after another, {args.bits}-bit clipped_relu")
+    print(f"{'K':>3}{'separate s':>12}{'stacked s':>11}{'× throughput':>14}")
+    for k in args.stack:
+        median = time_interleaved(stacked_steps(k, args.bits, device), args.rounds, args.steps, device)
+        ratio = median["separate"] / median["stacked"]
+        print(f"{k:>3}{median['separate']:>12.4f}{median['stacked']:>11.4f}{ratio:>14.2f}")
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
@@ -374,7 +414,13 @@ def parse_args():
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--epoch-steps", type=int, default=100, help="batches per epoch in the epoch table")
     parser.add_argument("--epoch-models", type=csv, default=["lenet5"], help="models of the epoch table")
-    parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch", "concurrency"])
+    parser.add_argument("--sections", type=csv, default=["step", "memory", "epoch", "concurrency", "stacked"])
+    parser.add_argument(
+        "--stack",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[1, 2, 4, 8],
+        help="K of the stacked table",
+    )
     parser.add_argument(
         "--concurrent",
         type=lambda s: [int(n) for n in s.split(",")],
@@ -414,6 +460,7 @@ def main():
         "epoch": epoch_table,
         "concurrency": concurrency_table,
         "parity": parity_table,
+        "stacked": stacked_table,
     }
     for section in args.sections:
         tables[section](args, device)

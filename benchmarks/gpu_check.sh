@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check of issue 10, for a session that has a GPU (≤ 10 minutes on one H100-class GPU):
 #   1. CPU vs GPU parity of one train step per model × STE       (bench_train.py --sections parity)
-#   2. step-time ratios, memory, framework vs bare epoch (data on the device), 1/2/4/8 concurrent ResNet-20 runs
+#   2. step-time ratios, memory, framework vs bare epoch (data on the device), 1/2/4/8 concurrent ResNet-20 runs,
+#      K = 1/2/4/8 LeNet-5 runs stacked into one model (src/stack.py) against the K one by one
 #   3. epoch time per model through src.train with the data on the GPU (metrics.csv time/epoch_s, epochs 2-3)
 #   4. a short ResNet-20 2-bit fine-tune per paper STE from a brief FP warm-up (make reproduce PROFILE=gpu_check)
 # Usage: OUT=<dir> PY=<python> EXTRA="<src.train overrides>" benchmarks/gpu_check.sh   (CIFAR-10 in $STE_LAB_DATA
@@ -15,7 +16,7 @@ EPOCH_ARGS=${EPOCH_ARGS:-}
 mkdir -p "$OUT"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") > "$OUT/gpu.txt" 2>&1
 timeout 150 "$PY" benchmarks/bench_train.py --sections parity > "$OUT/parity.txt" 2>&1
-timeout 240 "$PY" benchmarks/bench_train.py --sections step,memory,epoch,concurrency --seconds 8 > "$OUT/bench.txt" 2>&1
+timeout 240 "$PY" benchmarks/bench_train.py --sections step,memory,epoch,concurrency,stacked --seconds 8 > "$OUT/bench.txt" 2>&1
 for exp in lenet5_mnist vgg11_cifar10 resnet20_cifar10; do
     timeout 150 "$PY" -m src.train experiment=$exp trainer=$TRAINER data.on_device=true trainer.max_epochs=3 \
         logger=csv trainer.enable_progress_bar=false hydra.run.dir="$OUT/epoch/$exp" $EXTRA $EPOCH_ARGS \

@@ -66,26 +66,37 @@ class _QuantReLUFn(torch.autograd.Function):
     """Forward σ_α(x); backward to x through the STE and, when α is learnable, to α by alpha_mode.
 
     The staircase is computed in float32 at least, also for a bfloat16/float16 input (autocast): its thresholds
-    kα must not move with the input's precision. The output has the input's dtype.
+    kα must not move with the input's precision. The output has the input's dtype. Outputs (σ_α(x), k): the
+    level index k (one byte, or None) is what backward reads, returned so that setup_context can keep it
+    (the form torch.func needs: vmap runs K stacked models through one call, src/stack.py).
     """
 
-    @staticmethod
-    def forward(ctx, x, alpha, levels: int, ste: STE, alpha_mode: str):
-        ctx.levels, ctx.ste, ctx.alpha_mode = levels, ste, alpha_mode
-        ctx.saved = saved_kind(ste, levels, alpha_mode)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        if ctx.saved == "level":  # k once: one byte saved, and the output α·min(k, L) in place
-            k = level_index(xf, alpha, levels + 1 if ste.beyond_clip else levels)
-            ctx.save_for_backward(k.to(level_dtype(levels)))
-            if ste.beyond_clip:
-                k.clamp_max_(levels)  # the output's level min(k, L)
-            return k.mul_(alpha).to(x.dtype)
-        if ctx.saved == "x":
-            ctx.save_for_backward(xf, alpha)
-        return staircase(xf, alpha, levels).to(x.dtype)
+    generate_vmap_rule = True  # elementwise forward and backward: vmap may batch them as they are
 
     @staticmethod
-    def backward(ctx, grad):
+    def forward(x, alpha, levels: int, ste: STE, alpha_mode: str):
+        saved = saved_kind(ste, levels, alpha_mode)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        if saved != "level":
+            return staircase(xf, alpha, levels).to(x.dtype), None
+        k = level_index(xf, alpha, levels + 1 if ste.beyond_clip else levels)  # k once, for output and backward
+        kept = k.to(level_dtype(levels))
+        if ste.beyond_clip:
+            k.clamp_max_(levels)  # the output's level min(k, L)
+        return k.mul_(alpha).to(x.dtype), kept
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, alpha, ctx.levels, ctx.ste, ctx.alpha_mode = inputs
+        ctx.saved = saved_kind(ctx.ste, ctx.levels, ctx.alpha_mode)
+        if ctx.saved == "level":
+            ctx.mark_non_differentiable(output[1])
+            ctx.save_for_backward(output[1])
+        elif ctx.saved == "x":
+            ctx.save_for_backward(x.to(torch.promote_types(x.dtype, torch.float32)), alpha)
+
+    @staticmethod
+    def backward(ctx, grad, _):
         if ctx.saved != "x":  # fixed α: only x gets a gradient
             k = ctx.saved_tensors[0] if ctx.saved == "level" else None
             return ctx.ste.backward_level(grad, k, ctx.levels), None, None, None, None
@@ -110,7 +121,7 @@ def quant_relu(x, bits: int, alpha, ste: str | STE = "clipped_relu", alpha_mode:
     if not torch.is_tensor(alpha):
         dtype = torch.promote_types(x.dtype, torch.float32)  # α in float32 at least, like the staircase
         alpha = torch.tensor(resolve_alpha(alpha, bits), dtype=dtype, device=x.device)
-    return _QuantReLUFn.apply(x, alpha, 2**bits - 1, get_ste(ste, **ste_kwargs), alpha_mode)
+    return _QuantReLUFn.apply(x, alpha, 2**bits - 1, get_ste(ste, **ste_kwargs), alpha_mode)[0]
 
 
 class QuantReLU(nn.Module):
@@ -148,7 +159,7 @@ class QuantReLU(nn.Module):
         alpha = self.alpha
         if self.alpha_mode != "fixed":  # floor the value, pass the gradient straight through (no stuck α)
             alpha = alpha + (alpha.clamp_min(self.alpha_floor) - alpha).detach()
-        return _QuantReLUFn.apply(x, alpha, 2**self.bits - 1, self.ste, self.alpha_mode)
+        return _QuantReLUFn.apply(x, alpha, 2**self.bits - 1, self.ste, self.alpha_mode)[0]
 
     def extra_repr(self):
         if self.bits is None:
