@@ -54,6 +54,7 @@ from src.provenance import REPO, cpu_name
 from src.quant import QuantReLU
 from src.quant.memory import saved_bytes
 from src.stack import StackedModels, stacked_loss
+from src.train import build_callbacks
 
 INPUT = {"lenet5": ((1, 28, 28), 64), "vgg11": ((3, 32, 32), 128), "resnet20": ((3, 32, 32), 128)}  # Table 2
 LAYOUTS = {
@@ -214,7 +215,7 @@ def lightning_epoch(model: nn.Module, batches: list, device, kind: str) -> float
     ):  # the bar's text
         if kind == "src.train":
             cfg = train_config(run_dir, device)
-            callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+            callbacks = build_callbacks(cfg)
             trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer], **flags)
         else:
             trainer = pl.Trainer(

@@ -73,7 +73,9 @@ class STEModule(pl.LightningModule):
         x, y = batch
         loss = self.loss_fn(self(x), y)
         self.train_loss.update(loss.detach().expand(len(y)))  # (B,): the mean over examples
-        if self.trainer.progress_bar_callback is not None:  # no per-step logging cost when no bar is shown
+        bar = self.trainer.progress_bar_callback
+        # the bar's loss only when the bar redraws: self.log costs ~0.3 ms, 4 % of a LeNet-5 step on a 2-core CPU
+        if bar is not None and batch_idx % max(getattr(bar, "refresh_rate", 1), 1) == 0:
             self.log(
                 "loss", loss, prog_bar=True, logger=False
             )  # the bar only; metrics.csv has the epoch mean

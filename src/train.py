@@ -83,8 +83,7 @@ def train(cfg: DictConfig) -> dict:
         load_weights(module, cfg.init.checkpoint)
     record_start(cfg, run_dir, resumed=bool(resume))
     loggers = build_loggers(cfg, run_dir)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg))
     log.info("run %s in %s%s", cfg.run_name, run_dir, f", resumed from {resume}" if resume else "")
     try:
         if not resume:  # the starting point's val metrics: metrics.csv row 0 (Figures 2 and 4 start there)
@@ -93,6 +92,16 @@ def train(cfg: DictConfig) -> dict:
     finally:
         finish_wandb(loggers)
     return write_summary(cfg, trainer, module, run_dir)
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """conf/train.yaml's callbacks; the progress bar only when the trainer shows one (Lightning refuses a bar
+    callback with enable_progress_bar false)."""
+    return [
+        instantiate(c)
+        for name, c in cfg.callbacks.items()
+        if c and (name != "progress_bar" or cfg.trainer.enable_progress_bar)
+    ]
 
 
 def take_share(share: DictConfig) -> None:

@@ -20,7 +20,7 @@ from src.data.batches import Batches
 from src.models import build_model
 from src.module import STEModule
 from src.quant import QuantReLU
-from src.train import train
+from src.train import build_callbacks, train
 from tests.conftest import REPO
 from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
 
@@ -147,6 +147,30 @@ def test_run_dir_holds_config_provenance_and_metrics(tmp_path):
     )
     assert {"git_commit", "hardware", "command"} <= set(prov)
     assert cfg.run_name == "tiny-cifar10-clipped_relu-2bit-s3"
+
+
+def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
+    """With the bar on, conf's TQDMProgressBar (refresh_rate from the config) is the trainer's bar and shows the
+    train loss, logged only on the steps it redraws; with the bar off, no bar callback reaches the trainer."""
+    cfg = fast_cfg(
+        tmp_path, "tiny", "trainer.enable_progress_bar=true", "callbacks.progress_bar.refresh_rate=1"
+    )
+    shown = {}
+
+    class Peek(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            shown["rate"] = trainer.progress_bar_callback.refresh_rate
+            shown["bar"] = dict(trainer.progress_bar_metrics)
+
+    callbacks = [*build_callbacks(cfg), Peek()]
+    Path(cfg.paths.output_dir).mkdir(parents=True)  # train() makes it; here the trainer runs alone
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, act=instantiate(cfg.quant), in_shape=datamodule.input_shape)
+    trainer.fit(STEModule(model, instantiate(cfg.optimizer)), datamodule=datamodule)
+    assert shown["rate"] == 1 and math.isfinite(shown["bar"]["loss"])
+    off = fast_cfg(tmp_path, "tiny", run="off")  # FAST: enable_progress_bar=false
+    assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in build_callbacks(off))
 
 
 def test_training_reduces_loss_on_learnable_data(tmp_path):
