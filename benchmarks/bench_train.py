@@ -209,10 +209,12 @@ def lightning_epoch(model: nn.Module, batches: list, device, kind: str) -> float
     timer = EpochTimer()
     loader = Batches(lambda epoch: iter(batches), len(batches), lambda: None)  # the datamodules' loader type
     flags = {"max_epochs": 2, "logger": False, "num_sanity_val_steps": 0}
+    bar = io.StringIO()  # the progress bar (src.train's) writes here, not over the table
     with (
         tempfile.TemporaryDirectory() as run_dir,
-        contextlib.redirect_stderr(io.StringIO()),
-    ):  # the bar's text
+        contextlib.redirect_stdout(bar),
+        contextlib.redirect_stderr(bar),
+    ):
         if kind == "src.train":
             cfg = train_config(run_dir, device)
             callbacks = build_callbacks(cfg)
