@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.models import MODELS
+from src.models import COMPILE_MODES, MODELS
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
 from src.quant.weights import weight_quantizer, weight_token
@@ -187,6 +187,11 @@ def validate_data(cfg: DictConfig) -> None:
         if k not in HYDRA_KEYS | {"name", "channels_last", "compile", "compile_mode"}
     }
     _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
+    for knob in ("channels_last", "compile"):
+        value = cfg.model.get(knob, False)
+        _check(isinstance(value, bool), f"model.{knob} must be true or false, got {value!r}")
+    mode = cfg.model.get("compile_mode", "default")
+    _check(mode in COMPILE_MODES, f"model.compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
 
 
 def check_arguments(node: DictConfig, key: str, strict: bool = False) -> None:

@@ -20,6 +20,12 @@ from src.quant.weights import WeightQuantizer, quantize_weights
 
 ActFactory = Callable[[], nn.Module]
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+COMPILE_MODES = (
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)  # torch.compile's
 
 
 def register(name: str):
@@ -53,6 +59,8 @@ def build_model(
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    if compile_mode not in COMPILE_MODES:  # torch.compile itself would only complain at the first forward
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     model = MODELS[name](act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
     if wquant is not None:
         quantize_weights(model, wquant)

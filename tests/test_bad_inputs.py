@@ -76,6 +76,12 @@ CASES = [
         "val_batch_size, download, verify_checksums, on_device, train_subset, val_subset, seed, holdout",
     ),
     ("+model.foo=1", "unknown key(s) model.foo; valid: width"),
+    (
+        "model.compile_mode=fast",
+        "model.compile_mode must be one of ('default', 'reduce-overhead', 'max-autotune', "
+        "'max-autotune-no-cudagraphs'), got 'fast'",
+    ),
+    ("model.compile=yes", "model.compile must be true or false, got 'yes'"),
     ("model.width=abc", "model.width must be a number like its default 8, got 'abc'"),
     ("+quant.eps=0.1", "unknown key(s) quant.eps; valid: bits, alpha, ste, alpha_mode"),
     ("wquant=uniform wquant.bits=1", "wquant.bits must be an integer in [2, 16] for uniform, got 1 (1 bit: wquant=binary)"),

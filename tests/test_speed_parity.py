@@ -86,6 +86,8 @@ def test_compile_knobs_validate_and_keep_the_state_dict(tmp_path):
     eager = build_model("tiny", act=instantiate(cfg.quant))
     assert list(compiled.state_dict()) == list(eager.state_dict())
     compiled.load_state_dict(eager.state_dict())
+    with pytest.raises(ValueError, match="compile_mode must be one of .*, got 'fast'"):
+        build_model("tiny", compile=True, compile_mode="fast")  # before torch.compile's first forward
 
 
 @pytest.mark.slow  # about 25 s each on a busy 2-core CPU: Inductor compiles forward and backward
