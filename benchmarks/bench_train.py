@@ -40,13 +40,10 @@ from functools import partial
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch import nn
 
-from src.config import register_resolvers
 from src.data.batches import Batches
 from src.models import build_model
 from src.module import STEModule
@@ -55,6 +52,7 @@ from src.quant import QuantReLU
 from src.quant.memory import saved_bytes
 from src.stack import StackedModels, stacked_loss
 from src.train import build_callbacks
+from src.tune import compose_run
 
 INPUT = {"lenet5": ((1, 28, 28), 64), "vgg11": ((3, 32, 32), 128), "resnet20": ((3, 32, 32), 128)}  # Table 2
 LAYOUTS = {
@@ -189,17 +187,6 @@ class MinimalModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def train_config(run_dir: str, device) -> DictConfig:
-    """conf/train.yaml composed as a src.train job in ``run_dir`` (its callbacks and trainer are what we time)."""
-    register_resolvers()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"trainer.accelerator={device.type}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir, cfg.hydra.job.num = run_dir, 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def lightning_epoch(model: nn.Module, batches: list, device, kind: str) -> float:
     """Seconds of the second epoch of a Lightning fit over ``batches`` (the first warms up). ``kind``:
     "src.train" (STEModule with the trainer and callbacks conf/train.yaml builds: checkpoint every epoch,
@@ -216,7 +203,7 @@ def lightning_epoch(model: nn.Module, batches: list, device, kind: str) -> float
         contextlib.redirect_stderr(bar),
     ):
         if kind == "src.train":
-            cfg = train_config(run_dir, device)
+            cfg = compose_run([f"trainer.accelerator={device.type}"], run_dir)  # as src.train gets it
             callbacks = build_callbacks(cfg)
             trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer], **flags)
         else:

@@ -119,10 +119,7 @@ def validate(cfg: DictConfig) -> None:
     _check(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
     validate_activation(cfg)
     validate_weights(cfg)
-    _check(
-        cfg.model.name in MODELS,
-        f"unknown model {cfg.model.name!r}; valid names: {', '.join(sorted(MODELS))}",
-    )
+    validate_model(cfg)
     validate_optimizer(cfg)
     _integer(cfg.trainer.max_epochs, "trainer.max_epochs")
     validate_data(cfg)
@@ -180,12 +177,16 @@ def validate_data(cfg: DictConfig) -> None:
     if "holdout" in cfg.data:  # 0: validate on the test split; whether N fits is known once the data is read
         _integer(cfg.data.holdout, "data.holdout", minimum=0)
     check_arguments(cfg.data, "data")
-    # the architecture's own arguments; channels_last and compile are build_model's
-    sizes = {
-        k: cfg.model[k]
-        for k in cfg.model
-        if k not in HYDRA_KEYS | {"name", "channels_last", "compile", "compile_mode"}
-    }
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """A known model, its architecture's own size arguments, and build_model's speed knobs."""
+    _check(
+        cfg.model.name in MODELS,
+        f"unknown model {cfg.model.name!r}; valid names: {', '.join(sorted(MODELS))}",
+    )
+    knobs = {"channels_last", "compile", "compile_mode"}  # build_model's, not the architecture's
+    sizes = {k: cfg.model[k] for k in cfg.model if k not in HYDRA_KEYS | {"name"} | knobs}
     _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
     for knob in ("channels_last", "compile"):
         value = cfg.model.get(knob, False)

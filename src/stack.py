@@ -36,11 +36,9 @@ class StackedModels(nn.Module):
             self.register_parameter(_key(name), nn.Parameter(value.detach()))
         for name, value in buffers.items():
             self.register_buffer(_key(name), value)
-        self.k = len(models)
-        # the architecture without storage: functional_call runs it on slice k of the stacked tensors
-        self._base = [
-            copy.deepcopy(models[0]).to("meta")
-        ]  # a list: not a submodule (its meta weights stay out)
+        # the architecture without storage, in a list so that it is no submodule (its meta weights stay out):
+        # functional_call runs it on slice k of the stacked tensors
+        self._base = [copy.deepcopy(models[0]).to("meta")]
 
     def train(self, mode: bool = True):
         self._base[0].train(mode)

@@ -79,9 +79,8 @@ class _QuantReLUFn(torch.autograd.Function):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         if saved != "level":
             return staircase(xf, alpha, levels).to(x.dtype), None
-        k = level_index(
-            xf, alpha, levels + 1 if ste.beyond_clip else levels
-        )  # k once, for output and backward
+        # k once, for the output and for backward
+        k = level_index(xf, alpha, levels + 1 if ste.beyond_clip else levels)
         kept = k.to(level_dtype(levels))
         if ste.beyond_clip:
             k.clamp_max_(levels)  # the output's level min(k, L)
