@@ -405,14 +405,14 @@ CORRUPTIONS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("verify", [False, True], ids=["no-checksums", "checksums"])
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_corrupt_file_is_named_by_prepare_data(case, verify, tmp_path):
-    """Before training (prepare_data), with the fix; checksums on or not, the damage is named, not the MD5."""
+def test_corrupt_file_is_named_by_prepare_data(case, tmp_path):
+    """Before training (prepare_data), with the fix: the damage is named (checksums off: a local copy)."""
     cls = MNISTDataModule if case.startswith("mnist") else CIFAR10DataModule
     name, corrupt, expected = CORRUPTIONS[case]
     path = WRITERS[cls](tmp_path) / name
     corrupt(path)
+    verify = False
     with pytest.raises(DataError) as excinfo:
         cls(root=tmp_path, download=False, verify_checksums=verify).prepare_data()
     message = one_line_error(excinfo)
@@ -422,6 +422,117 @@ def test_corrupt_file_is_named_by_prepare_data(case, verify, tmp_path):
     with pytest.raises(DataError) as setup_error:  # setup() without prepare_data(): the same line
         cls(root=tmp_path, verify_checksums=verify).setup()
     assert one_line_error(setup_error) == message
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_checksum_is_checked_before_any_file_is_read(case, tmp_path, monkeypatch):
+    """With checksums on, a changed file is refused on its MD5 and no file is opened by the reader at all."""
+    cls = MNISTDataModule if case.startswith("mnist") else CIFAR10DataModule
+    name, corrupt, _ = CORRUPTIONS[case]
+    folder = WRITERS[cls](tmp_path)
+    ours = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in cls.files.md5}
+    read = []
+    files = dataclasses.replace(cls.files, md5=ours, read=lambda *args: read.append(args))
+    monkeypatch.setattr(cls, "files", files)
+    corrupt(folder / name)
+    with pytest.raises(DataError) as excinfo:
+        cls(root=tmp_path, download=False).prepare_data()
+    assert one_line_error(excinfo).startswith(f"{cls.files.name} checksum mismatch: {folder / name} has MD5 ")
+    assert read == []
+
+
+class _Planted:
+    """Unpickling this calls Path.touch(marker): a stand-in for any code a planted file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+PLANTS = {
+    "reduce-touch": lambda marker: pickle.dumps({"data": _Planted(marker), "labels": []}, protocol=2),
+    "os-system": lambda marker: b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR.",
+    "eval": lambda marker: pickle.dumps(
+        {"data": _Reduce(eval, (f"open({str(marker)!r}, 'w')",)), "labels": []}, protocol=4
+    ),
+}
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["no-checksums", "checksums"])
+@pytest.mark.parametrize("plant", list(PLANTS))
+def test_a_planted_pickle_runs_nothing(plant, verify, tmp_path):
+    """A data_batch_1 whose unpickling would create a marker file: one line naming the file, no marker, with
+    checksums on (refused on its MD5, never opened) or off (the restricted unpickler refuses the call)."""
+    folder = write_cifar10(tmp_path / "data")
+    marker = tmp_path / "marker"
+    (folder / "data_batch_1").write_bytes(PLANTS[plant](marker))
+    with pytest.raises(DataError) as excinfo:
+        CIFAR10DataModule(root=tmp_path / "data", download=False, verify_checksums=verify).prepare_data()
+    message = one_line_error(excinfo)
+    assert str(folder / "data_batch_1") in message and not marker.exists()
+    if not verify:
+        assert "not a CIFAR-10 python batch (UnpicklingError: refused to load " in message
+
+
+def test_the_restricted_unpickler_reads_every_numpy_protocol_and_the_python2_layout(tmp_path):
+    """The batch layout pickled with protocols 2-5, and one as Python 2 wrote the originals (str keys
+    as byte strings, decoded latin1): read back equal; the genuine batches.meta too when ../shared has it."""
+    from src.data.files import read_batch
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = {"batch_label": "training batch 1 of 5", "labels": [3, 7], "data": data, "n": np.int64(2)}
+    for protocol in (2, 3, 4, 5):
+        path = tmp_path / f"p{protocol}"
+        path.write_bytes(pickle.dumps(batch, protocol=protocol))
+        got = read_batch(path)
+        assert got.keys() == batch.keys() and got["labels"] == [3, 7] and got["n"] == 2
+        assert got["data"].dtype == np.uint8 and np.array_equal(got["data"], data)
+    py2 = tmp_path / "py2"  # protocol 2 with SHORT_BINSTRING keys and numpy.core names, as Python 2 wrote
+    py2.write_bytes(
+        pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    )
+    assert np.array_equal(read_batch(py2)["data"], data)
+    meta = REPO.parent / "shared" / "data" / "cifar10-batches.meta"  # the genuine Python 2 file
+    if meta.is_file():
+        assert read_batch(meta)["label_names"][0] == "airplane"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x02cbuiltins\ngetattr\n.",
+        b"\x80\x02cnumpy\nload\n.",
+        b"\x80\x02]q\x00.",
+        b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00aX\x05\x00\x00\x00rot13\x86R.",
+    ],
+    ids=["builtins-getattr", "numpy-load", "a-list", "codec-not-latin1"],
+)
+def test_the_restricted_unpickler_refuses_other_globals_and_shapes(payload, tmp_path):
+    from src.data.files import read_batch
+
+    path = tmp_path / "batch"
+    path.write_bytes(payload)
+    with pytest.raises(pickle.UnpicklingError):
+        read_batch(path)
+
+
+def test_a_failed_download_leaves_no_directory(tmp_path, no_network):
+    """data.download=true into a root that does not exist: the download fails offline, and the directories
+    torchvision made on the way are gone again (an error touches nothing it names)."""
+    root = tmp_path / "new" / "data"
+    with pytest.raises(DataError, match="download failed"):
+        MNISTDataModule(root=root, download=True).prepare_data()
+    assert no_network and not (tmp_path / "new").exists()
 
 
 @BOTH

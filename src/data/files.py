@@ -5,9 +5,11 @@ so nothing is extracted or rewritten in the user's data directory. Every error n
 and is a DataError (a ConfigError: the command line prints it as one line).
 """
 
+import codecs
 import gzip
 import hashlib
 import pickle
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,17 +80,66 @@ def _read_mnist(files: DatasetFiles, paths: list[Path]) -> tuple[torch.Tensor, t
     return x, _labels(torch.frombuffer(bytearray(labels), dtype=torch.uint8), files, label_path)
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes (numpy's raw array data), latin1 only."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}: only latin1 occurs in array data")
+    return codecs.encode(text, "latin1")
+
+
+_RECONSTRUCT, _SCALAR = np.zeros(0).__reduce__()[0], np.int64(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5's array from its raw bytes
+_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 python batch holds and nothing else: dicts, lists, str, bytes, numbers and
+    numpy arrays. Any other global (os.system, builtins.eval, a class whose __reduce__ runs code) is refused
+    before it is looked up, so a planted file cannot run code, whatever data.verify_checksums says."""
+
+    # (module, name) -> the object. The genuine batches (Python 2, protocol 2) name numpy.core.multiarray,
+    # numpy >= 2 pickles numpy._core.multiarray: the same functions, taken from an array's and a number's
+    # own __reduce__ so that either numpy provides them; `scalar` rebuilds a numpy number, `encode` protocol
+    # 2's bytes, `_frombuffer` protocol 5's arrays.
+    ALLOWED = {
+        **{(m, "_reconstruct"): _RECONSTRUCT for m in _MULTIARRAY},
+        **{(m, "scalar"): _SCALAR for m in _MULTIARRAY},
+        **{(m, "_frombuffer"): _FROMBUFFER for m in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays, lists, numbers and "
+                "strings (a file built to run code when unpickled?)"
+            ) from None
+
+
+def read_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch as a dict, through BatchUnpickler (latin1, as torchvision: the original
+    batches are Python 2 pickles with str keys)."""
+    with path.open("rb") as f:
+        entry = BatchUnpickler(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise pickle.UnpicklingError(f"a {type(entry).__name__}, not a dict")
+    return entry
+
+
 def _read_cifar(files: DatasetFiles, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N,3,32,32) and labels int64 (N,) from CIFAR-10 python pickle batches, in order."""
     images, labels = [], []
     for path in paths:
         try:
-            with path.open("rb") as f:
-                # latin1, as torchvision: the original batches are Python 2 pickles with str keys
-                entry = pickle.load(f, encoding="latin1")
+            entry = read_batch(path)
             data, batch_labels = np.asarray(entry["data"]), list(entry["labels"])
         except Exception as err:  # a damaged pickle can raise almost anything; name the file whatever it is
-            raise DataError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({reason})") from None
         per_image = int(np.prod(files.shape))
         if data.dtype != np.uint8 or data.shape != (len(batch_labels), per_image):
             found = f"{data.dtype} {data.shape} with {len(batch_labels)} labels"
@@ -149,6 +200,14 @@ def _missing(files: DatasetFiles, root: str | Path) -> list[str]:
     return [name for name in files.md5 if not (files.directory(root) / name).is_file()]
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory on the way to ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
 def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> None:
     """Download missing files with torchvision when allowed; otherwise fail in one line saying what and where."""
     missing, where = _missing(files, root), files.directory(root)
@@ -167,9 +226,12 @@ def ensure_present(files: DatasetFiles, root: str | Path, download: bool) -> Non
                 f"{files.name}: refusing to download into {where}: {path} is not torchvision's file "
                 f"and the download would overwrite it; provide the missing {', '.join(missing)} by hand"
             )
+    made = _first_missing(where)  # torchvision makes the directories; a failed download must not leave them
     try:
         files.download(str(Path(root).expanduser().resolve()))
     except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision wraps mirror failures
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         reason = " ".join(f"{type(err).__name__}: {err}".split())  # torchvision's text spans lines
         reason = reason if len(reason) <= 300 else reason[:297] + "..."
         raise DataError(

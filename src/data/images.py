@@ -115,17 +115,16 @@ class ImageDataModule(pl.LightningDataModule):
         self._std = torch.tensor(self.std, device=device).view(shape)
 
     def _read_checked(self) -> tuple[Split, Split]:
-        """Both splits on the CPU, cut to their subsets: files read first (a damaged one is named as such),
-        then their checksums, so that a truncated file is not mistaken for a deliberate local copy."""
+        """Both splits on the CPU, cut to their subsets. Checksums come first: a file is read only once it
+        is known to be the published one (or the user opted out), and then only as data (BatchUnpickler)."""
         ensure_present(self.files, self.root, download=False)
+        if self.verify_checksums:
+            verify_md5(self.files, self.root)
         (train, val), (train_kind, val_kind) = self._splits()
-        splits = (
+        return (
             self._cut(train, train_kind, self.train_subset, "train_subset"),
             self._cut(val, val_kind, self.val_subset, "val_subset"),
         )
-        if self.verify_checksums:
-            verify_md5(self.files, self.root)
-        return splits
 
     def _splits(self) -> tuple[tuple[Split, Split], tuple[str, str]]:
         """(train, val) whole, and what each is called in errors. The holdout is the training file's last
