@@ -73,3 +73,11 @@ install-offline:  ## create .venv from wheelhouse/ alone (no internet): after `m
 	touch $(VENV)/.installed
 
 .PHONY: help install test test-all lint train demo reproduce local-data wandb-sync bench wheelhouse install-offline
+
+slurm-up:  ## a one-node SLURM cluster on this machine (root; installs slurm-wlm and munge with apt-get when missing)
+	scripts/slurm/cluster.sh up
+
+slurm-down:  ## stop the local SLURM cluster's daemons (by their pids)
+	scripts/slurm/cluster.sh down
+
+.PHONY: slurm-up slurm-down
