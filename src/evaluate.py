@@ -15,23 +15,33 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from src.config import ConfigError, check_checkpoint, checkpoint_file
 from src.module import STEModule
 from src.rundir import atomic_write, finite
 
 
-def evaluate(path: str | Path, overrides: list[str] = (), accelerator: str = "auto") -> dict:
-    """Test top-1 (%) and loss of a checkpoint on its own data config, with ``overrides`` (key=value) applied."""
+def load_run(path: str | Path, overrides: list[str] = ()) -> tuple[STEModule, DictConfig]:
+    """A run dir's or checkpoint's module (on the CPU) and its saved config with ``overrides`` (key=value)."""
     check_checkpoint(str(path), "checkpoint")
-    ckpt = checkpoint_file(str(path))
-    module = STEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = STEModule.load_from_checkpoint(checkpoint_file(str(path)), map_location="cpu", weights_only=True)
     config = OmegaConf.create(module.hparams.config)
     try:
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        return module, OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
     except Exception as err:  # noqa: BLE001 - OmegaConf's grammar errors: the user's override
         raise ConfigError(f"bad override in {list(overrides)}: {err}") from None
+
+
+def run_dir(ckpt: Path) -> Path:
+    """The run directory of a checkpoint: the parent of checkpoints/, else the file's own folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def evaluate(path: str | Path, overrides: list[str] = (), accelerator: str = "auto") -> dict:
+    """Test top-1 (%) and loss of a checkpoint on its own data config, with ``overrides`` (key=value) applied."""
+    module, config = load_run(path, overrides)
+    ckpt = checkpoint_file(str(path))
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
     trainer = pl.Trainer(
@@ -66,10 +76,7 @@ def main(argv=None) -> None:
     except ConfigError as err:
         sys.exit(f"error: {err}")
     ckpt = Path(result["checkpoint"])
-    out = (
-        args.out
-        or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "evaluation.json"
-    )
+    out = args.out or run_dir(ckpt) / "evaluation.json"
     atomic_write(out, json.dumps(result, indent=2).encode())
     print(f"{result['run_name']}: test top-1 {result['test_acc']:.2f} %, loss {result['test_loss']:.4f} "
           f"on {result['examples']} examples ({out})")  # fmt: skip
