@@ -179,8 +179,9 @@ class LayerStats:
 class Diagnostics(pl.Callback):
     """Per-layer STE diagnostics every epoch and STE disagreement every few epochs (module docstring).
 
-    The probe batch is the first ``probe_size`` examples of the first training batches of this fit (of the
-    resumed epoch after a resume). Probes run in eval mode under ``isolated``: BN normalises with its running
+    The probe batch is the first ``probe_size`` examples of the first training batches of the run. It is
+    saved in the checkpoint (``state_dict``), so a resumed run probes the very batch the uninterrupted run
+    does and every ``disagree/`` and ``descent/`` value matches it. Probes run in eval mode under ``isolated``: BN normalises with its running
     statistics and leaves them untouched, and weights, grads, modes and RNG are restored, so training is the same
     with the callback as without. ``descent``: also run src.probe.descent_probe on the probe batch.
     """
@@ -214,12 +215,24 @@ class Diagnostics(pl.Callback):
         self.descent_every = descent_every_n_epochs if descent else 0
         self.descent_knobs = dict(descent_knobs or {})
         self.layers: dict[str, LayerStats] = {}
-        self.probe, self._handles = None, []
+        self.probe, self._handles, self._restored = None, [], False
+
+    def state_dict(self) -> dict:
+        """The probe batch (on the CPU), for a resumed run to probe the same examples."""
+        return {} if self.probe is None else {"probe": tuple(t.cpu() for t in self.probe)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores callbacks before on_fit_start (after it for a few strategies): either way the
+        # restored probe is kept; a checkpoint from before the probe was saved takes a new one
+        if "probe" in state_dict:
+            self.probe, self._restored = tuple(state_dict["probe"]), True
 
     def on_fit_start(self, trainer, pl_module):
         model = getattr(pl_module, "model", pl_module)
         self.layers = {n: LayerStats(m, self.max_levels) for n, m in quantized_layers(model).items()}
-        self.probe = None
+        if not self._restored:
+            self.probe = None
+        self._restored = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if not self.layers:
@@ -243,8 +256,8 @@ class Diagnostics(pl.Callback):
     def _take_probe(self, batch):
         """Append the batch's examples (copied) to the probe until it holds probe_size."""
         x, y = batch
-        if self.probe is not None:
-            x, y = torch.cat([self.probe[0], x]), torch.cat([self.probe[1], y])
+        if self.probe is not None:  # a restored probe is on the CPU
+            x, y = torch.cat([self.probe[0].to(x.device), x]), torch.cat([self.probe[1].to(y.device), y])
         self.probe = (x[: self.probe_size].clone(), y[: self.probe_size].clone())
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -264,6 +277,7 @@ class Diagnostics(pl.Callback):
 
     def _probe(self, trainer, pl_module, probe) -> dict[str, float]:
         model = getattr(pl_module, "model", pl_module)
+        self.probe = tuple(t.to(pl_module.device) for t in self.probe)  # a restored probe is on the CPU
         with isolated(model), trainer.precision_plugin.train_step_context():
             return probe(model, pl_module.loss_fn)
 

@@ -233,3 +233,28 @@ def test_float_run_logs_nothing(tmp_path):
     train(cfg)
     df = pd.read_csv(Path(cfg.paths.output_dir) / "metrics.csv")
     assert "train/loss" in df and not any(c.startswith(("diag/", "disagree/")) for c in df.columns)
+
+
+@pytest.mark.parametrize("probe_size", [128, 16], ids=["probe-over-epochs", "probe-in-one-batch"])
+def test_a_resumed_run_equals_the_uninterrupted_one_in_every_column(tmp_path, probe_size):
+    """3 epochs in one go against 2, then a resume from the epoch-2 checkpoint in another dir: the 3rd epoch's
+    metrics.csv row is equal in every column but the clock's, disagree/ and descent/ included (a probe of 128
+    examples fills over 4 epochs of 32, so the restored probe must go on filling as it would have)."""
+    knobs = [f"callbacks.diagnostics.probe_size={probe_size}", "callbacks.diagnostics.descent=true",
+             "+callbacks.diagnostics.descent_knobs.smooth_samples=2"]  # fmt: skip
+    whole = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=3", *knobs, run="whole")
+    train(
+        whole
+    )  # each config right before its run: ${hydra:runtime.output_dir} resolves against the last made
+    cut = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=2", *knobs, run="cut")
+    train(cut)
+    ckpt = Path(cut.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=3", *knobs, f"resume={ckpt}", run="resumed")
+    train(resumed)
+    a = pd.read_csv(tmp_path / "whole" / "metrics.csv").set_index("epoch").loc[3]
+    b = pd.read_csv(Path(resumed.paths.output_dir) / "metrics.csv").set_index("epoch").loc[3]
+    columns = [c for c in a.index if not c.startswith("time/")]
+    assert {c.split("/")[0] for c in columns} >= {"diag", "disagree", "descent", "train", "val"}
+    assert set(b.index) == set(a.index)
+    differ = [c for c in columns if not (a[c] == b[c] or (math.isnan(a[c]) and math.isnan(b[c])))]
+    assert differ == []

@@ -112,6 +112,11 @@ def test_sigkill_mid_run_then_the_same_command_resumes_in_place(tmp_path):
         assert a[key] == b[key], key
     rows = pd.read_csv(run_dir / "metrics.csv")
     assert rows["epoch"].tolist() == [0, 1, 2, 3, 4, 5]  # appended: no epoch twice, none missing
+    # every column but the clock's, the diagnostics' diag/ and disagree/ included (the probe is checkpointed)
+    whole_rows = pd.read_csv(tmp_path / "whole" / run_dir.name / "metrics.csv")
+    columns = [c for c in whole_rows.columns if not c.startswith("time/")]
+    assert any(c.startswith("disagree/") for c in columns) and set(rows.columns) == set(whole_rows.columns)
+    pd.testing.assert_frame_equal(rows[columns], whole_rows[columns], check_exact=True)
     assert len(json.loads((run_dir / "provenance.json").read_text())["starts"]) == 2
     assert not list(run_dir.rglob(".*.tmp"))
 
