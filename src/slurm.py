@@ -5,8 +5,8 @@ Hydra takes launchers from that package only), which adds to the
 stock launcher: a one-line error before submitting when SLURM is unreachable or the partition does not exist;
 each job's SLURM log linked into its run dir (``slurm.log``); a job that SLURM kills (memory, node failure, time
 limit without requeue) recorded as ``failed`` in its run dir with its log path while the other jobs finish; and
-no "Bypassing sacct error" warning at every poll on a cluster without accounting (submitit then reads job states
-from its own result files, which is all it needs). Requeue on preemption or time limit is submitit's: its USR2
+on a cluster without accounting, job states from squeue instead of a failing sacct (submitit would warn
+"Bypassing sacct error" at every poll and never see a killed job end). Requeue on preemption or time limit is submitit's: its USR2
 handler calls the launcher's ``checkpoint`` and requeues the job, which then runs again in the same run dir and
 continues from checkpoints/last.ckpt (src/train.py resumes a run dir that holds one).
 """
@@ -15,45 +15,44 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 log = logging.getLogger(__name__)
 LOG_LINK = "slurm.log"  # in each run dir: the job's SLURM log (stdout and stderr of rank 0)
 
 
-class QuietSacct(logging.Filter):
-    """Drop submitit's "Bypassing sacct error" warning: without accounting (AccountingStorageType=none) sacct
-    fails at every poll, and submitit falls back on the result files it reads anyway."""
+def squeue_fallback(sacct: list[str]) -> list[str]:
+    """A job-state command for submitit: its sacct call, else (accounting disabled, so sacct fails) squeue's view
+    of the same jobs in sacct's format. slurmctld keeps ended jobs MinJobAge seconds (600 in scripts/slurm), so a
+    job SLURM killed is seen as ended; without this, submitit warns at every poll and waits for it forever."""
+    ids = ",".join(sacct[i + 1] for i, arg in enumerate(sacct) if arg == "-j")
+    squeue = f"squeue -h -t all -o '%i|%T|%N' -j {shlex.quote(ids)}"
+    return ["sh", "-c", f"{shlex.join(sacct)} 2>/dev/null || {{ echo 'JobID|State|NodeList'; {squeue}; }}"]
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Bypassing sacct error" not in record.getMessage()
+
+class FallbackWatcher(SlurmInfoWatcher):
+    """submitit's SLURM state watcher with :func:`squeue_fallback`."""
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        return None if command is None else squeue_fallback(command)
 
 
-@contextmanager
-def quiet_sacct():
-    """While submitit polls: no sacct warning, and sacct's own stderr line ("accounting storage is disabled")
-    kept off the terminal (submitit runs sacct with stderr inherited)."""
-    submitit_log, quiet = logging.getLogger("submitit"), QuietSacct()
-    submitit_log.addFilter(quiet)
-    real_check_output = subprocess.check_output
+def watch_without_sacct() -> None:
+    """Make submitit's SLURM jobs read their states through :class:`FallbackWatcher` (this process only).
 
-    def check_output(command, **kwargs):
-        if command and command[0] == "sacct":
-            kwargs.setdefault("stderr", subprocess.DEVNULL)
-        return real_check_output(command, **kwargs)
-
-    subprocess.check_output = check_output
-    try:
-        yield
-    finally:
-        subprocess.check_output = real_check_output
-        submitit_log.removeFilter(quiet)
+    submitit's job arrays are built as SlurmJob whatever the executor's job_class, so the watcher they share
+    (a class attribute) is the one place to change it.
+    """
+    if not isinstance(SlurmJob.watcher, FallbackWatcher):
+        SlurmJob.watcher = FallbackWatcher(delay_s=600)  # submitit's delay: polls at 2, 4, 8 ... s, then 60 s
 
 
 def check_cluster(partition: str | None) -> None:

@@ -18,7 +18,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as StockSlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
-from src.slurm import check_cluster, link_log, quiet_sacct
+from src.slurm import check_cluster, link_log, watch_without_sacct
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class SlurmLauncher(StockSlurmLauncher):
             params.append(
                 (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
             )
-        with quiet_sacct():
-            jobs = executor.map_array(self, *zip(*params, strict=True))
-            return [self.result(job, *p[:1], p[2]) for job, p in zip(jobs, params, strict=True)]
+        watch_without_sacct()
+        jobs = executor.map_array(self, *zip(*params, strict=True))
+        return [self.result(job, p[0], p[2]) for job, p in zip(jobs, params, strict=True)]
 
     def result(self, job, overrides: list[str], num: int) -> JobReturn:
         """The job's JobReturn; a job SLURM ended without a result is recorded as failed in its run dir."""
