@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import math
 import os
 import signal
@@ -27,8 +26,17 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from src.provenance import REPO
-from src.quant.weights import weight_token
 from src.report import build_report
+from src.runs import (
+    Run,
+    RunFileError,
+    failed_runs,
+    matches,
+    read_pipeline,
+    read_run,
+    read_tuning,
+    write_pipeline,
+)
 from src.theory import certificate_table
 from src.theory.figures import write_figures
 
@@ -36,7 +44,6 @@ PROFILES = REPO / "conf" / "pipeline"
 Job = (
     dict  # src.train overrides {key: value}; always names experiment, seed, and ste + quant.bits or quant=fp
 )
-DONE = ("finished", "diverged")  # a run with either status is not launched again; "failed" ones are
 # Seconds a multirun has after SIGTERM (Lightning stops at the next batch end) before its group is SIGKILLed.
 GRACE_S = 30
 
@@ -79,35 +86,21 @@ def load_profile(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.merge(load_profile(base), cfg) if base else cfg)
 
 
-def summaries(stage_dir: Path) -> list[dict]:
-    """Every done run of a stage: its summary.json says finished or diverged (older ones say neither: finished)."""
-    runs = [json.loads(p.read_text()) for p in sorted(stage_dir.glob("*/summary.json"))]
-    return [run for run in runs if run.get("status", "finished") in DONE]
+def find(stage_dir: Path, job: Job) -> Run | None:
+    """The done run of ``job`` in stage_dir, found by its identity (src/runs.matches), if any.
 
-
-def matches(run: dict, job: Job) -> bool:
-    """Whether a done run (summary.json) is ``job``."""
-    want = {
-        "experiment": job["experiment"],
-        "seed": job["seed"],
-        "tag": job.get("tag"),
-        "bits": None if job.get("quant") == "fp" else job["quant.bits"],
-        "weights": weight_token(job.get("wquant", "fp"), job.get("wquant.bits")),  # None: float weights
-    }
-    if want["bits"] is not None:
-        want["ste"] = job["ste"]
-    return all(run.get(k) == v for k, v in want.items())
-
-
-def find(stage_dir: Path, job: Job) -> dict | None:
-    """The done run of ``job`` in stage_dir, if any."""
-    return next((run for run in summaries(stage_dir) if matches(run, job)), None)
+    A job that names no tag or weight quantizer means none (float weights); the init checkpoint is not compared:
+    the earlier stage's run it names is fixed by the job's seed and experiment, wherever the out dir now lies.
+    """
+    want = {"tag": None, "wquant": "fp"} | {k: v for k, v in job.items() if k != "init.checkpoint"}
+    runs = [read_run(p.parent) for p in sorted(stage_dir.glob("*/summary.json"))]
+    return next((run for run in runs if run.done and matches(run, want)), None)
 
 
 def checkpoint_of(stage_dir: Path, job: Job) -> str:
     """The last checkpoint of a done earlier-stage run: where a later stage starts."""
     run = find(stage_dir, job)
-    if run is None or run["diverged"]:
+    if run is None or run.status == "diverged":
         raise SystemExit(
             f"error: a later stage starts from {job} in {stage_dir}, which "
             f"{'diverged' if run else 'is missing'}"
@@ -185,12 +178,6 @@ def last_line(log: Path) -> str:
     return (log.read_text().strip().splitlines() or ["no output"])[-1]
 
 
-def tuning_of(study_dir: Path) -> dict:
-    """<study_dir>/tuning.json (src/tune.py writes it atomically after every trial); {} before the first."""
-    path = study_dir / "tuning.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def supervised(cmd: list[str], out) -> int:
     """Run cmd under SUPERVISOR in a process group of its own; if this process is stopped (KeyboardInterrupt,
     which SIGTERM raises too), stop that group and wait for it, so no training process outlives the pipeline."""
@@ -205,12 +192,9 @@ def supervised(cmd: list[str], out) -> int:
 
 
 def failed_jobs(stage_dir: Path, since: float) -> str:
-    """'N jobs failed: <run> (<reason>), ...' from the summaries written since ``since`` with status failed."""
-    paths = [p for p in sorted(stage_dir.glob("*/summary.json")) if p.stat().st_mtime >= since]
-    failed = [
-        (p.parent.name, run) for p in paths if (run := json.loads(p.read_text())).get("status") == "failed"
-    ]
-    jobs = ", ".join(f"{name} ({run.get('reason') or 'no reason given'})" for name, run in failed)
+    """'N jobs failed: <run> (<reason>), ...' from the runs that failed since ``since``."""
+    failed = failed_runs(stage_dir, since)
+    jobs = ", ".join(f"{run.path.name} ({run['reason'] or 'no reason given'})" for run in failed)
     return f"{len(failed)} job{'s' * (len(failed) != 1)} failed: {jobs}" if failed else ""
 
 
@@ -300,7 +284,7 @@ class Pipeline:
             fp = checkpoint_of(self.out / "pretrain", {"experiment": net, "quant": "fp", "seed": seed})
             for bits, ste in product(self.p["bits"], self.p["stes"]):
                 where = self.tune_dir(net, ste, bits)
-                study = tuning_of(where)
+                study = read_tuning(where)
                 if study.get("complete") and study["n_trials"] >= self.p.get("tuning", {}).get("trials", 0):
                     continue
                 args = [f"experiment={net}", f"seed={seed}", f"init.checkpoint={fp}", f"quant.bits={bits}"]
@@ -321,7 +305,7 @@ class Pipeline:
             fp = checkpoint_of(self.out / "pretrain", {"experiment": net, "quant": "fp", "seed": seed})
             for bits, ste in product(self.p["bits"], self.p["stes"]):
                 where = self.tune_dir(net, ste, bits)
-                best = tuning_of(where).get("best")
+                best = read_tuning(where).get("best")
                 if best is None:
                     raise SystemExit(f"error: stage tuned needs a study with a finished trial in {where}")
                 job = {"experiment": net, "seed": seed, "init.checkpoint": fp, "quant.bits": bits, "ste": ste}
@@ -358,8 +342,7 @@ def main(argv=None) -> None:
         profile["seeds"] = args.seeds
     out = Path(args.out or REPO / "outputs" / "reproduce" / args.profile)
     with pipeline_lock(out), sigterm_interrupts():
-        record_path = out / "pipeline.json"
-        record = read_record(record_path) | {
+        record = read_record(out) | {
             "profile": args.profile,
             "seeds": profile["seeds"],
             "data_note": args.data_note,
@@ -367,11 +350,11 @@ def main(argv=None) -> None:
         pipeline = Pipeline(profile, out, args.launcher, args.extra)
         for stage in profile["stages"]:
             if stage == "report":
-                record_path.write_text(json.dumps(record, indent=2))
-            run_stage(pipeline, stage, record, record_path)
+                write_pipeline(out, record)
+            run_stage(pipeline, stage, record, out)
 
 
-def run_stage(pipeline: Pipeline, stage: str, record: dict, record_path: Path) -> None:
+def run_stage(pipeline: Pipeline, stage: str, record: dict, out: Path) -> None:
     """One attempt at a stage, appended to its history in pipeline.json however it ends."""
     attempt = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": None, "status": "interrupted"}
     start = time.perf_counter()
@@ -388,7 +371,7 @@ def run_stage(pipeline: Pipeline, stage: str, record: dict, record_path: Path) -
     finally:
         attempt["wall_time_s"] = time.perf_counter() - start
         record["stages"][stage] = with_attempt(record["stages"].get(stage), attempt)
-        record_path.write_text(json.dumps(record, indent=2))
+        write_pipeline(out, record)
 
 
 def with_attempt(stage: dict | None, attempt: dict) -> dict:
@@ -413,11 +396,11 @@ def legacy_attempt(stage: dict) -> dict:
     }
 
 
-def read_record(path: Path) -> dict:
+def read_record(out: Path) -> dict:
     """pipeline.json as the last run left it (a fresh record when there is none or it does not parse)."""
     try:
-        return {"stages": {}} | json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_pipeline(out)
+    except RunFileError:
         return {"stages": {}}
 
 

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ class SaveError(OSError):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` all at once: a crash or a full disk leaves the old file, never a truncated one."""
+    """Replace ``path`` by ``data`` all at once: a crash or a full disk leaves the old file, never a truncated one.
+
+    Under DDP only global rank 0 writes: every rank holds the same run record, and two writers would race.
+    """
+    if rank_zero_only.rank:  # set from RANK/LOCAL_RANK/SLURM_PROCID at import, then by Lightning's strategy
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -113,7 +119,10 @@ class EpochCheckpoint(Checkpoint):
         # the log line leaves per-layer and per-step-length metrics (diag/<layer>/...) to metrics.csv
         brief = {k: v for k, v in row.items() if k not in ("epoch", "step") and k.count("/") < 2}
         log.info(
-            "epoch %d/%d: %s", epoch, trainer.max_epochs, "  ".join(f"{k} {v:.4g}" for k, v in brief.items())
+            "epoch %d/%d: %s",
+            epoch,
+            trainer.max_epochs,
+            "  ".join(f"{k} {shown(k, v)}" for k, v in brief.items()),
         )
         if epoch % self.every_n_epochs == 0 or trainer.should_stop or epoch >= trainer.max_epochs:
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: a resume continues it
@@ -122,6 +131,11 @@ class EpochCheckpoint(Checkpoint):
     def _row(trainer: pl.Trainer, epoch: int) -> dict:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k or k == "lr"}
         return {"epoch": epoch, "step": trainer.global_step, **metrics}
+
+
+def shown(key: str, value: float) -> str:
+    """A metric as a log line shows it: accuracies in % with 2 decimals (val/acc 94.30), others 4 digits."""
+    return f"{value:.2f}" if key.endswith(("/acc", "acc_best")) else f"{value:.4g}"
 
 
 def finite(x) -> float | None:

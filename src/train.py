@@ -6,9 +6,7 @@ Every run directory holds config.yaml (resolved), provenance.json, metrics.csv, 
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import shutil
 import sys
 import time
@@ -26,27 +24,27 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from src.config import ConfigError, check_checkpoint, checkpoint_file, register_resolvers, validate
+from src.config import (
+    ConfigError,
+    check_checkpoint,
+    checkpoint_file,
+    first_difference,
+    register_resolvers,
+    validate,
+    validate_job,
+)
 from src.module import STEModule
 from src.provenance import provenance
 from src.quant.weights import weight_token
 from src.rundir import SaveError, atomic_write, finite
+from src.runs import DONE, RunFileError, failed_runs, flatten, read_json, write_provenance
+from src.runs import write_summary as write_record
 
 register_resolvers()
 log = logging.getLogger(__name__)
-IDENTITY = (
-    "model",
-    "data",
-    "quant",
-    "wquant",
-    "ste",
-    "optimizer",
-    "scheduler",
-    "seed",
-    "tag",
-    "init",
-)  # what resume must match
-DONE = ("finished", "diverged")
+# What resume must match; the keys a user types come before the groups that copy them (quant.ste is ${ste},
+# data.seed ${seed}), so a mismatch is named by the key that was typed.
+IDENTITY = ("seed", "ste", "model", "wquant", "tag", "init", "quant", "data", "optimizer", "scheduler")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -131,39 +129,37 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         if cfg.resume:
             raise ConfigError(f"resume: no checkpoint at {path}")
         return None
+    new = OmegaConf.create(run_config(cfg))
     saved = run_dir / "config.yaml"
-    if saved.is_file():
-        old, new = OmegaConf.load(saved), OmegaConf.create(run_config(cfg))
-        for key in IDENTITY:
-            if OmegaConf.select(old, key) != OmegaConf.select(new, key):
-                raise ConfigError(
-                    f"resume: {run_dir} was trained with another {key} ({saved}); repeat that run's overrides"
-                )
+    # the run dir's config.yaml, then the checkpoint's own (a checkpoint copied in from another run)
+    for where, old in (
+        (saved, OmegaConf.load(saved) if saved.is_file() else None),
+        (
+            path,
+            OmegaConf.create(
+                check_checkpoint(str(path), "resume").get("hyper_parameters", {}).get("config", {})
+            ),
+        ),
+    ):
+        found = first_difference(old, new, IDENTITY) if old else None
+        if found:
+            key, was, now = found
+            raise ConfigError(
+                f"resume: {where} was trained with {key}={was!r}, this run has {key}={now!r}; "
+                "repeat that run's overrides"
+            )
     return str(path)
 
 
 def record_start(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:
-    """config.yaml (resolved) and provenance.json: the first start's record plus ``starts``, one per start."""
+    """config.yaml (resolved) and provenance.json (src/runs: the first start's record plus one entry per start)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(run_config(cfg))).encode())
     now = provenance() | {
         "data_root": str(Path(cfg.paths.data_dir).resolve()),
         "data_checksums_verified": cfg.data.get("verify_checksums", None),
     }
-    record = read_json(run_dir / "provenance.json") if resumed else {}
-    record = (record or now) | {"starts": [*record.get("starts", []), start_entry(now)]}
-    atomic_write(run_dir / "provenance.json", json.dumps(record, indent=2).encode())
-
-
-def start_entry(prov: dict) -> dict:
-    return {k: prov[k] for k in ("git_commit", "time_utc", "command")} | {"host": platform.node()}
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        return {}
+    write_provenance(run_dir, now, resumed)
 
 
 def check_input(model: torch.nn.Module, in_shape, name: str) -> None:
@@ -201,18 +197,19 @@ def load_weights(module: STEModule, path: str) -> None:
 
 
 def flat_config(cfg: DictConfig) -> dict:
-    """The run config as flat, readable keys for W&B (model.name, quant.bits, ...), without Hydra's _target_s."""
-    out = {}
+    """The resolved run config once, flat (model.name, quant.bits, optimizer.lr: W&B's filters and columns), lists
+    as lists, without Hydra's _target_s; ``data.name`` is the data group's choice."""
+    return flatten(run_config(cfg)) | {"data.name": HydraConfig.get().runtime.choices.data}
 
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            elif not key.startswith("_"):
-                out[prefix + key] = value if not isinstance(value, list) else str(value)
 
-    walk(run_config(cfg), "")
-    return out | {"data.name": HydraConfig.get().runtime.choices.data}
+def wandb_tags(cfg: DictConfig) -> list[str]:
+    """Automatic tags (model, data, seed, STE and activation bits or fp, weight bits) plus the user's ``tags``."""
+    bits = cfg.quant.bits
+    tags = [cfg.model.name, HydraConfig.get().runtime.choices.data, f"seed{cfg.seed}"]
+    tags += ["fp"] if bits is None else [cfg.ste.name, f"a{bits}"]
+    weights = weight_token(cfg.wquant.name, cfg.wquant.bits)
+    tags += [f"w{weights}"] if weights else []  # w1 binary, wt ternary, wk uniform; float weights: none
+    return list(dict.fromkeys(tags + [str(t) for t in cfg.get("tags") or []]))
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -225,12 +222,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         id_file = run_dir / "wandb_id"
         if not id_file.is_file():
             atomic_write(id_file, uuid.uuid4().hex[:12].encode())  # any [a-z0-9] string is a valid W&B id
-        bits = cfg.quant.bits
-        tags = [cfg.model.name, HydraConfig.get().runtime.choices.data, f"seed{cfg.seed}"]
-        tags += ["fp"] if bits is None else [cfg.ste.name, f"a{bits}"]
-        weights = weight_token(cfg.wquant.name, cfg.wquant.bits)
-        tags += [f"w{weights}"] if weights else []  # w1 binary, wt ternary, wk uniform; float weights: none
-        logger = instantiate(node, id=id_file.read_text().strip(), resume="allow", tags=tags)
+        group = node.group or f"single/{cfg.run_name}"  # a sweep's or stage's group, else the run's own
+        logger = instantiate(
+            node,
+            id=id_file.read_text().strip() if id_file.is_file() else None,  # DDP ranks > 0 write no file
+            resume="allow",
+            tags=wandb_tags(cfg),
+            group=group,
+        )
         logger.log_hyperparams(flat_config(cfg))
         loggers.append(logger)
     return loggers
@@ -245,41 +244,49 @@ def finish_wandb(loggers) -> None:
 
 
 def write_summary(cfg: DictConfig, trainer: pl.Trainer, module: STEModule, run_dir: Path) -> dict:
-    """Final and best metrics, status and the run's identity, as summary.json (NaN becomes null).
+    """Final and best metrics and status, as summary.json (src/runs writes it, with the run's identity).
 
     wall_time_s adds up every start of the run (each up to its last checkpoint: the module keeps the sum).
     """
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    choices = HydraConfig.get().runtime.choices
-    summary = identity(cfg) | {
-        "experiment": choices.get("experiment"),
-        "data": choices.data,
+    val_data = getattr(trainer.datamodule, "val_data", None)
+    fields = names(cfg) | {
         "epochs": trainer.current_epoch,
         "status": "diverged" if module.diverged else "finished",
         "reason": module.diverged_reason,
         "diverged": module.diverged,
+        "debug": bool(trainer.fast_dev_run),  # a fast_dev_run: never read as a result
         "train_loss": finite(metrics.get("train/loss")),
         "val_loss": finite(metrics.get("val/loss")),
         "val_acc": finite(metrics.get("val/acc")),
         "val_acc_best": finite(module.best["val/acc_best"]),
         "best_epoch": module.best["val/acc_best_epoch"] or None,
+        "val_examples": len(val_data[1])
+        if val_data is not None
+        else None,  # the n of an accuracy's binomial SE
         "population_loss": finite(metrics.get("val/population_loss")),
         "epoch_time_s": finite(metrics.get("time/epoch_s")),
         "wall_time_s": module.wall_time,
         "init_checkpoint": cfg.init.checkpoint,
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
     }
-    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    log.info("%s %s: val/acc %s (best %s at epoch %s)", cfg.run_name, summary["status"], summary["val_acc"],
-             summary["val_acc_best"], summary["best_epoch"])  # fmt: skip
+    summary = write_record(run_dir, run_config(cfg), HydraConfig.get().runtime.choices, fields)
+    log.info("%s %s: val/acc %s (best %s at epoch %s)", cfg.run_name, summary["status"], rounded(summary["val_acc"]),
+             rounded(summary["val_acc_best"]), summary["best_epoch"])  # fmt: skip
     return summary
 
 
-def identity(cfg: DictConfig) -> dict:
-    """What names a run in summary.json, also for a job that failed before training."""
+def rounded(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def names(cfg: DictConfig) -> dict:
+    """The summary fields that name a run (also for a job that failed before training)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
-        "run_name": cfg.get("run_name"),
         "tag": cfg.get("tag"),
+        "experiment": choices.get("experiment"),
+        "data": choices.get("data"),
         "model": OmegaConf.select(cfg, "model.name"),
         "ste": OmegaConf.select(cfg, "ste.name"),
         "bits": OmegaConf.select(cfg, "quant.bits"),
@@ -298,11 +305,12 @@ def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
     """A sweep job that failed: summary.json with status ``failed`` and the reason, so the sweep can go on."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        summary = identity(cfg)
+        config, choices, fields = run_config(cfg), HydraConfig.get().runtime.choices, names(cfg)
     except Exception:  # noqa: BLE001 - a config too broken to read still gets its failure recorded
-        summary = {}
-    summary |= {"status": "failed", "reason": message, "diverged": False}
-    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        config, choices, fields = {}, {}, {}
+    write_record(
+        run_dir, config, choices, fields | {"status": "failed", "reason": message, "diverged": False}
+    )
 
 
 def remove_if_empty(run_dir: Path) -> None:
@@ -319,7 +327,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg)["val_acc_best"]
-    except (ConfigError, SaveError) as err:
+    except (ConfigError, SaveError, RunFileError) as err:
         message = f"error: {err}"
     except Exception as err:  # a crash mid-run: the traceback goes to the job's log
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -339,6 +347,13 @@ class RunChecks(Callback):
     multirun, the failed jobs are named and the exit code is non-zero."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(
+            config
+        )  # run.dir's ${hydra:...} resolve only once it is set (Hydra's next step)
+        try:  # a bad input is one line before Hydra writes anything (the run dir, .hydra/, train.log)
+            validate_job(config)
+        except ConfigError as err:
+            sys.exit(f"error: {err}")
         make_dir(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -347,15 +362,11 @@ class RunChecks(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        failed, total = [], 0
-        for path in sorted(sweep.glob("*/summary.json")):
-            if path.stat().st_mtime < self.start:
-                continue  # a run of an earlier multirun in the same dir (the pipeline reuses stage dirs)
-            total += 1
-            if read_json(path).get("status") == "failed":
-                failed.append(path.parent.name)
+        failed = failed_runs(sweep, since=self.start)
         if failed:
-            sys.exit(f"error: {len(failed)} of {total} jobs failed: {', '.join(failed)}")
+            total = sum(p.stat().st_mtime >= self.start for p in sweep.glob("*/summary.json"))
+            names = ", ".join(run.path.name for run in failed)
+            sys.exit(f"error: {len(failed)} of {total} jobs failed: {names}")
 
 
 def make_dir(path: str) -> None:

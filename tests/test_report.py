@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import platform
 import statistics
 from itertools import takewhile
 from pathlib import Path
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.paper import TABLE1, TABLE2
 from src.report import build_report, collect_runs, read_curves, table1
 from src.report.__main__ import main
-from src.report.table1 import PAPER_TABLE1, fmt
+from src.report.table1 import fmt
+from src.rundir import write_rows
+from src.runs import read_json, write_json, write_pipeline, write_provenance, write_summary, write_tuning
 
 VERSIONS = {"python": "3.11.7", "torch": "2.14.1", "numpy": "2.4.6"}
 CONFIG = {
@@ -23,12 +26,22 @@ CONFIG = {
 }
 
 
-def write_run(root: Path, name: str, curve=None, prov=None, config=None, **fields) -> Path:
-    """A run dir in src/train.py's format; ``curve`` = [(train_loss, val_acc)] per epoch after the start row."""
+PROVENANCE = {
+    "git_commit": "abc123",
+    "versions": VERSIONS,
+    "hardware": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "gpu": "none"},
+    "data_root": "/data",
+    "data_checksums_verified": True,
+    "command": "python -m src.train",
+}
+
+
+def write_run(root: Path, name: str, curve=None, prov=None, config=None, starts=None, **fields) -> Path:
+    """A run dir written by src/runs' own writers, as src.train writes it; ``curve`` = [(train_loss, val_acc)] per
+    epoch after the start row; ``starts``: the UTC time of each start (a resumed run has several)."""
     run = root / name
     run.mkdir(parents=True)
     summary = {
-        "run_name": name,
         "experiment": None,
         "tag": None,
         "model": "lenet5",
@@ -48,6 +61,7 @@ def write_run(root: Path, name: str, curve=None, prov=None, config=None, **field
         "val_acc": 99.0,
         "val_acc_best": 99.1,
         "best_epoch": 48,
+        "val_examples": 10000,
         "population_loss": None,
         "epoch_time_s": 1.0,
         "wall_time_s": 10.0,
@@ -56,37 +70,57 @@ def write_run(root: Path, name: str, curve=None, prov=None, config=None, **field
         ),  # quantized Table-1 runs start from an FP checkpoint
         "checkpoint": str(run / "checkpoints" / "last.ckpt"),
     } | fields
+    if summary["model"] in TABLE2:  # by default each net follows the paper's Table 2 length
+        epochs = TABLE2[summary["model"]]["epochs"]
+        summary |= {"epochs": fields.get("epochs", epochs), "max_epochs": fields.get("max_epochs", epochs)}
     summary["diverged"] = summary["status"] == "diverged"
-    (run / "summary.json").write_text(json.dumps(summary))
-    quant = {"bits": summary["bits"], "alpha": "lloyd", "alpha_mode": summary["alpha_mode"]}
-    resolved = CONFIG | {"quant": quant, "seed": summary["seed"], "tag": summary["tag"]} | (config or {})
+    resolved = run_config(name, summary, config or {})
     (run / "config.yaml").write_text(yaml.safe_dump(resolved))
-    provenance = {
-        "git_commit": "abc123",
-        "versions": VERSIONS,
-        "hardware": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "gpu": "none"},
-        "data_root": "/data",
-        "data_checksums_verified": True,
-        "starts": [{"commit": "abc123", "time": "2025-01-01T00:00:00", "host": "h"}],
-    }
-    (run / "provenance.json").write_text(json.dumps(provenance | (prov or {})))
+    choices = {k: summary[k] for k in ("model", "data", "ste", "experiment")}
+    write_summary(run, resolved, choices, summary)
+    for i, when in enumerate(starts or ["2025-01-01T00:00:00+00:00"]):
+        write_provenance(run, PROVENANCE | {"time_utc": when} | (prov or {}), resumed=i > 0)
     write_metrics(run / "metrics.csv", curve or [(summary["train_loss"], summary["val_acc"])])
     return run
 
 
+def run_config(name: str, summary: dict, extra: dict) -> dict:
+    """The resolved config src.train would have saved for ``summary``'s run (CONFIG's recipe), with ``extra``."""
+    paper = TABLE2.get(summary["model"], TABLE2["lenet5"])  # the recipe of Table 2 for this net
+    recipe = {
+        "optimizer": CONFIG["optimizer"] | {"lr": paper["lr"]},
+        "scheduler": CONFIG["scheduler"] | {"milestones": paper["milestones"]},
+    }
+    config = (
+        CONFIG
+        | recipe
+        | {
+            "run_name": name,
+            "seed": summary["seed"],
+            "tag": summary["tag"],
+            "model": {"name": summary["model"]},
+            "ste": {"name": summary["ste"]},
+            "quant": {"bits": summary["bits"], "alpha": "lloyd", "alpha_mode": summary["alpha_mode"]},
+            "trainer": {"max_epochs": summary["max_epochs"]},
+            "init": {"checkpoint": summary["init_checkpoint"]},
+        }
+    )
+    config["data"] = CONFIG["data"] | {
+        "batch_size": paper["batch_size"],
+        "train_subset": summary["train_subset"],
+        "val_subset": summary["val_subset"],
+    }
+    return config | extra
+
+
 def write_metrics(path: Path, curve, start_acc: float = 50.0) -> None:
-    """metrics.csv, one row per epoch: epoch 0 is the starting point (validation only), then e = 1..N."""
-    lines = [
-        "epoch,step,train/loss,val/loss,val/acc,val/acc_best,lr,time/epoch_s",
-        f"0,0,,2.0,{start_acc},,,",
-    ]
-    best = start_acc
+    """metrics.csv by src/rundir's writer: epoch 0 is the starting point (validation only), then e = 1..N."""
+    rows, best = [{"epoch": 0, "step": 0, "val/loss": 2.0, "val/acc": start_acc}], start_acc
     for e, (loss, acc) in enumerate(curve, start=1):
         best = max(best, acc if acc is not None else best)
-        lines.append(
-            f"{e},{10 * e},{'' if loss is None else loss},1.0,{'' if acc is None else acc},{best},0.01,0.5"
-        )
-    path.write_text("\n".join(lines) + "\n")
+        row = {"epoch": e, "step": 10 * e, "train/loss": loss, "val/loss": 1.0, "val/acc": acc}
+        rows.append({k: v for k, v in row.items() if v is not None} | {"val/acc_best": best, "lr": 0.01})
+    write_rows(path, rows)
 
 
 def md_table(text: str, heading: str) -> list[dict[str, str]]:
@@ -151,7 +185,7 @@ def test_rendered_table1_shows_paper_ours_n_and_difference(table_root: Path):
             ("relu", "vanilla ReLU"),
             ("clipped_relu", "clipped ReLU"),
         ):
-            paper = PAPER_TABLE1[("mnist", "lenet5", 2)][ste][metric == "val_acc"]
+            paper = TABLE1[("mnist", "lenet5", 2)][ste][metric == "val_acc"]
             mean, std = statistics.mean(seeds[ste]), statistics.stdev(seeds[ste])
             assert lenet[f"{label} paper"] == fmt(paper, metric)
             assert lenet[f"{label} ours"] == f"{fmt(mean, metric)} ± {fmt(std, metric)} (n=3)"
@@ -240,7 +274,7 @@ def figure_root(tmp_path: Path) -> Path:
         "stages": {"fig2": {"wall_time_s": 4000.0, "skipped": False}},
         "data_note": "CIFAR-10 from the JPEG rebuild",
     }
-    (root / "pipeline.json").write_text(json.dumps(pipeline))
+    write_pipeline(root, pipeline)
     return root
 
 
@@ -277,12 +311,18 @@ def test_theory_outputs_are_copied_and_the_certificate_included(figure_root: Pat
 def test_other_rows_and_registry_stes_follow_the_papers(tmp_path: Path):
     write_run(tmp_path, "tiny-ltr", model="tiny", data="cifar10", ste="log_tailed_relu", val_acc=40.0)
     write_run(tmp_path, "lenet-ltr", ste="log_tailed_relu", val_acc=99.5)
-    table = md_table(build_report(tmp_path).read_text(), "Table 1a")
-    assert [(r["Network"], r["BitWidth"]) for r in table][6:] == [("tiny", "2")]
+    text = build_report(tmp_path).read_text()
+    table = md_table(text, "Table 1a")
+    assert [(r["Network"], r["BitWidth"]) for r in table][6:] == []
     assert list(table[0])[-3:] == ["log_tailed_relu paper", "log_tailed_relu ours", "log_tailed_relu Δ"]
     assert list(table[0])[3] == "identity paper" and table[0]["log_tailed_relu ours"] == "99.50 (n=1)"
-    assert row(table, "tiny", "2")["log_tailed_relu ours"] == "40.00 (n=1)"
-    assert table[-1]["identity paper"] == "—"
+    # a net the paper never ran is a reduced protocol: its own table, ours only, no paper column, no Δ
+    reduced = md_table(text, "(reduced protocol: model tiny is not in the paper's Table 1")
+    assert reduced == [
+        {"Dataset": "CIFAR10", "Network": "tiny", "BitWidth": "2"}
+        | {f"{ste} ours": "—" for ste in ("identity", "vanilla ReLU", "clipped ReLU")}
+        | {"log_tailed_relu ours": "40.00 (n=1)"}
+    ]
 
 
 def test_two_layer_runs_plot_population_loss_per_ste(tmp_path: Path):
@@ -312,7 +352,7 @@ def test_two_layer_runs_plot_population_loss_per_ste(tmp_path: Path):
     rows = {r["STE"]: r for r in md_table(text, "## Two-layer model")}
     assert rows["relu"]["start population loss"] == "1.5" and rows["relu"]["final population loss"] == "0.02"
     assert rows["identity"]["final population loss"] == "0.9"
-    assert "No quantized Table-1 runs in the protocol." in text and "Table 1a" not in text
+    assert "No quantized Table-1 runs." in text and "Table 1a" not in text
 
 
 def test_read_curves_gives_one_row_per_epoch_from_the_start(tmp_path: Path):
@@ -339,7 +379,7 @@ def test_empty_root_exits_nonzero_with_one_line(tmp_path: Path, capsys):
 def test_sections_without_runs_are_one_line(tmp_path: Path):
     write_run(tmp_path / "runs", "fp", bits=None, init_checkpoint=None)
     text = build_report(tmp_path / "runs").read_text()
-    assert section(text, "## Table 1")[0] == "No quantized Table-1 runs in the protocol."
+    assert section(text, "## Table 1")[0] == "No quantized Table-1 runs."
     assert "No Figure 2 runs (experiment `fig2_identity_repelled`).\n" in text and "## Figure 2" not in text
     assert "No Figure 4 runs" in text and "## Figure 4" not in text
     assert "No weights × activations runs (quantized weights or stage dir `wxa`).\n" in text
@@ -360,8 +400,8 @@ def test_provenance_versions_commits_data_and_pipeline(figure_root: Path):
         prov={"git_commit": "def456+dirty", "versions": VERSIONS | {"torch": "2.9.0"}},
     )
     for run in (figure_root / "table1").iterdir():  # the CIFAR runs read a copy with unverified checksums
-        prov = json.loads((run / "provenance.json").read_text()) | {"data_checksums_verified": False}
-        (run / "provenance.json").write_text(json.dumps(prov))
+        prov = read_json(run / "provenance.json") | {"data_checksums_verified": False}
+        write_json(run / "provenance.json", prov)
     text = build_report(figure_root, figure_root / "out").read_text()
     prov = text.split("## Provenance", 1)[1]
     assert "- Profile: smoke" in prov and "Profile: **smoke**" in text
@@ -386,9 +426,13 @@ def test_protocol_table_flags_smoke_runs_and_the_banner_follows(tmp_path: Path):
     write_run(smoke_root, "lenet", epochs=1, max_epochs=1, train_subset=512)
     paper, smoke = (build_report(r).read_text() for r in (paper_root, smoke_root))
     group = lambda text: md_table(text, "### Protocol actually run")[0]  # noqa: E731
-    assert group(paper)["paper's protocol"] == "yes" and "Not the paper's protocol" not in paper
+    assert group(paper)["paper's protocol"] == "yes" and "Reduced protocol" not in paper
     assert group(smoke)["paper's protocol"] == "**no**: max_epochs 1 ≠ 50; train_subset 512"
-    assert group(smoke)["train_subset"] == "512 (1 run)" and "Not the paper's protocol" in smoke
+    assert (
+        group(smoke)["train_subset"] == "512 (1 run)"
+        and "**Reduced protocol** — not the paper's: epochs 1 (paper 50); train_subset 512 (paper: all)"
+        in smoke
+    )
     assert "weight_decay=0.0001" in group(smoke)["recipe"] and "milestones=[20, 40]" in group(smoke)["recipe"]
 
 
@@ -409,7 +453,8 @@ def test_run_dirs_are_never_modified_and_the_report_is_not_read_back(table_root:
     (table_root / "broken").mkdir()
     (table_root / "broken" / "summary.json").write_text("{not json")
     second = build_report(table_root).read_text()
-    assert "Runs found: 16" in first and "Runs found: 16" in second and "Unreadable run dir" in second
+    assert "Runs found: 16" in first and "Runs found: 16" in second
+    assert f"- ⚠ Skipped: {table_root / 'broken' / 'summary.json'}: unreadable (JSONDecodeError" in second
 
 
 def test_cli_writes_report_md(table_root: Path, tmp_path: Path, capsys):
@@ -425,8 +470,8 @@ def knob_root(tmp_path: Path) -> Path:
     run, a diverged run, a failed run and an interrupted one."""
     root = tmp_path / "runs"
     vgg = {"model": "vgg11", "data": "cifar10", "ste": "clipped_relu", "epochs": 200, "max_epochs": 200}
-    write_run(root, "a-s0-old", **vgg, val_acc=80.0, prov={"starts": [{"time": "2025-01-01T00:00:00"}]})
-    write_run(root, "b-s0-new", **vgg, val_acc=90.0, prov={"starts": [{"time": "2025-02-01T00:00:00"}]})
+    write_run(root, "a-s0-old", **vgg, val_acc=80.0, starts=["2025-01-01T00:00:00+00:00"])
+    write_run(root, "b-s0-new", **vgg, val_acc=90.0, starts=["2025-02-01T00:00:00+00:00"])
     write_run(root, "c-s1", **vgg, seed=1, val_acc=92.0, curve=[(1.0, 60.0), (0.5, 92.0)])
     write_run(root, "d-pact", **vgg, alpha_mode="pact", val_acc=93.0)
     write_run(root, "e-scratch", **vgg, seed=2, init_checkpoint=None, val_acc=50.0)
@@ -437,9 +482,7 @@ def knob_root(tmp_path: Path) -> Path:
     )
     failed = root / "i-failed"
     failed.mkdir()
-    (failed / "summary.json").write_text(
-        json.dumps({"run_name": "i-failed", "status": "failed", "reason": "boom"})
-    )
+    write_summary(failed, {"run_name": "i-failed"}, {}, {"status": "failed", "reason": "boom"})
     interrupted = write_run(root, "j-interrupted", **vgg, seed=6)
     (interrupted / "summary.json").unlink()
     return root
@@ -485,8 +528,8 @@ def test_runs_off_protocol_are_listed_apart_with_the_reason(knob_root: Path):
     assert others["f-one-epoch"].startswith("not the row's majority protocol: max_epochs 1 (row: 200)")
     assert others["g-short"] == "stopped at epoch 7 of 200 without diverging"
     assert others["i-failed"] == "failed: boom" and others["j-interrupted"].startswith("interrupted")
-    for acc in ("50.00", "40.00", "41.00"):
-        assert acc not in text.split("### Other runs")[0]
+    for acc in ("50.00", "40.00", "41.00"):  # out of Table 1's cells (the Comparison shows every run)
+        assert acc not in text.split("## Table 1")[1].split("### Other runs")[0]
     diverged = md_table(text, "### Diverged runs")
     assert [(r["run"], r["why"]) for r in diverged] == [("h-nan", "val/loss = inf at epoch 3")]
 
@@ -497,7 +540,7 @@ def test_table1_curves_and_bars_are_written(knob_root: Path):
     for name in (
         "table1_cifar10_vgg11_2bit.png",
         "table1_cifar10_vgg11_2bit_pact.png",
-        "bars_cifar10_vgg11.png",
+        "final_cifar10_vgg11.png",
     ):
         assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
     (run,) = [r for r in collect_runs(knob_root) if r["run_name"] == "c-s1"]
@@ -506,10 +549,13 @@ def test_table1_curves_and_bars_are_written(knob_root: Path):
 
 
 def test_resumed_runs_list_their_starts_and_are_not_warned(tmp_path: Path):
-    starts = [{"commit": "abc", "time": f"2025-01-0{d}T00:00:00", "host": f"h{d}"} for d in (1, 2)]
-    write_run(tmp_path, "resumed", prov={"starts": starts})
+    write_run(tmp_path, "resumed", starts=[f"2025-01-0{d}T00:00:00+00:00" for d in (1, 2)])
     text = build_report(tmp_path).read_text()
-    assert "`resumed` (2 starts): 2025-01-01T00:00:00 on h1 at `abc`; 2025-01-02T00:00:00 on h2" in text
+    host = platform.node()
+    assert (
+        f"`resumed` (2 starts): 2025-01-01T00:00:00+00:00 on {host} at `abc123`; 2025-01-02T00:00:00+00:00 on {host}"
+        in text
+    )
     assert "unfinished" not in text
 
 
@@ -629,12 +675,12 @@ def tune_root(tmp_path: Path) -> Path:
             "state": state,
             "params": {"optimizer.lr": lr, "optimizer.weight_decay": wd},
             "value": v,
-            "status": "finished",  # the trial run's own status: Optuna's state decides
+            "run_status": "finished",  # the trial run's own status: Optuna's state decides
         }
         for i, (lr, wd, v, state) in enumerate(trials)
     ]
     doc = {"ste": "relu", "bits": 2, "holdout": 5000, "trials": records, "best": records[1]}
-    (study / "tuning.json").write_text(json.dumps(doc))
+    write_tuning(study, doc)
     for seed, acc in enumerate((98.1, 98.6)):
         write_run(
             root / "tuned",
@@ -656,7 +702,7 @@ def tune_root(tmp_path: Path) -> Path:
             {"params": {"lr": lr, "weight_decay": 1e-4}, "value": v, "state": s} for s, lr, v in states
         ]
     }
-    (other / "tuning.json").write_text(json.dumps(other_doc))
+    write_tuning(other, other_doc)
     return root
 
 
@@ -742,13 +788,6 @@ def diag_row(ste: str, seed: int, epoch: int) -> dict:
             row[f"descent/fp/{t}"] = -0.01 * scale
         row |= {"descent/smooth_cos": 0.7 + 0.1 * seed, "descent/smooth_cos_fp": 0.9, "descent/loss": 0.1}
     return row
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """metrics.csv as src/rundir.py writes it: columns in first-seen order, empty cells where a row lacks one."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""CLI: ``python -m src.report ROOT [--out DIR] [--profile NAME] [--readme README.md]``."""
+"""CLI: ``python -m src.report DIR [DIR ...] [--out OUT] [--profile NAME] [--readme README.md]``."""
 
 from __future__ import annotations
 
@@ -13,27 +13,29 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line, write the report and print where it is."""
     parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__)
     parser.add_argument(
-        "root", type=Path, help="folder holding run dirs (searched recursively for summary.json)"
-    )
+        "dirs", type=Path, nargs="+", metavar="DIR",
+        help="folders holding run dirs, searched recursively: single runs, sweeps, pipeline outputs, mixed",
+    )  # fmt: skip
     parser.add_argument(
-        "--out", type=Path, help="output folder for report.md and figures (default ROOT/report)"
+        "--out", type=Path, help="folder for report.md, runs.csv and figures (default DIR/report)"
     )
     parser.add_argument("--profile", help="profile name to state in the report (default: pipeline.json's)")
     parser.add_argument(
         "--readme",
         type=Path,
-        help="also write Table 1a's rows (and the W×A and tuned tables, when they ran) into this file's "
+        help="also write the Table 1 rows (and the W×A and tuned tables, when they ran) into this file's "
         "<!-- results:PROFILE --> block",
     )
     args = parser.parse_args(argv)
-    if not args.root.is_dir():
-        parser.error(f"{args.root} is not a directory")
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        parser.error(f"not a directory: {', '.join(missing)}")
     try:
-        path = build_report(args.root, args.out, args.profile)
+        path = build_report(args.dirs, args.out, args.profile)
         print(path)
         if args.readme:
             profile = args.profile or path.parent.name
-            write_headline(args.readme, profile, headline(args.root, path.parent, profile))
+            write_headline(args.readme, profile, headline(args.dirs, path.parent, profile))
     except NoRuns as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,20 +1,21 @@
-"""Assemble report.md from the run directories under a root; figures go beside it."""
+"""Assemble report.md from the run directories under one or more folders; figures go beside it."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from src.report.compare import compare_section
 from src.report.diagnostics import diagnostics_section
 from src.report.frame import run_table, write_runs_csv
-from src.report.provenance import deviations, provenance_section
-from src.report.runs import Run, scan
+from src.report.provenance import provenance_section
+from src.report.runs import Run, curve_problems, scan
 from src.report.sections import figure_section, table1_figures, two_layer_section
 from src.report.table1 import (
     cells,
+    paper_split,
     protocol_split,
     render_apart,
     render_best,
@@ -24,62 +25,78 @@ from src.report.table1 import (
 )
 from src.report.tuning import find_studies, tuning_section, tuning_table
 from src.report.wxa import wxa_section, wxa_tables
+from src.runs import RunFileError, read_pipeline
+from src.runs.index import PIPELINE
 
 GUIDE = (
-    "This report compares our runs with Yin et al., ICLR 2019 (“Understanding Straight-Through Estimator in "
-    "Training Activation Quantized Neural Nets”). Table 1 puts, for every (dataset, network, bit width) and STE, "
-    "the paper's number beside ours: the mean ± sample standard deviation over the seeds that ran (n = runs "
-    "with a finite value), and the difference ours − paper. Training loss is the last epoch's mean training loss "
-    "and accuracy the final epoch's validation accuracy, as in the paper (the best epoch's is shown beside it); a "
-    "run whose loss became non-finite shows as “diverged” with its reason and is left out of the mean; runs that "
-    "do not follow their row's protocol are listed apart, never averaged. Every run is one row of runs.csv. The ordering check tests the paper's claim clipped ReLU ≥ ReLU > "
-    "identity. Figures 2 and 4 show the instability of an STE at good minima, the two-layer section the theory "
-    "figures and our runs of the paper's model. Beyond the paper, when their runs are there: weights × activations (quantized weights), the paper's schedule against a per-STE tuned one, and inside the STE (per-layer diagnostics, STE disagreement, the descent probe). Provenance says what ran where, with which code, libraries, "
-    "data and epochs: read it before comparing any number with the paper."
+    "The Comparison section compares every run found, grouped by the config values that differ between them, "
+    "with n, the spread over seeds and 95 % intervals. Table 1 puts, for every (dataset, network, bit width) and "
+    "STE, our mean ± sample standard deviation over seeds (n = runs with a finite value) in the paper's layout; "
+    "the paper's number and the difference ours − paper appear only for runs that follow the paper's protocol "
+    "(Yin et al., ICLR 2019: Table 2's epochs and schedule, full data, from a float checkpoint). Training loss is "
+    "the last epoch's mean training loss and accuracy the final epoch's validation accuracy, as in the paper (the "
+    "best epoch's beside it); a run whose loss became non-finite shows as “diverged” with its reason and is left "
+    "out of the means. Figures 2 and 4 show the instability of an STE at good minima, the two-layer section the "
+    "theory figures and our runs of the paper's model. Beyond the paper, when their runs are there: weights × "
+    "activations, the paper's schedule against a per-STE tuned one, and inside the STE (diagnostics, STE "
+    "disagreement, the descent probe). Provenance says what ran where, with which code, libraries, data and epochs."
 )
 
 
-def read_pipeline(root: Path, out: Path) -> dict:
-    """pipeline.json at root (else the first one under root, outside ``out``); {} when there is none."""
-    hits = (
-        [root / "pipeline.json"]
-        if (root / "pipeline.json").is_file()
-        else sorted(root.rglob("pipeline.json"))
-    )
+def find_pipeline(roots: list[Path], out: Path) -> dict:
+    """The first pipeline.json in (else under) the roots, outside ``out``; {} when there is none."""
+    hits = [r / PIPELINE for r in roots if (r / PIPELINE).is_file()]
+    hits += sorted(p for r in roots for p in r.rglob(PIPELINE))
     hits = [p for p in hits if not p.resolve().is_relative_to(out.resolve())]
     try:
-        return json.loads(hits[0].read_text()) if hits else {}
-    except ValueError:
-        return {"data_note": f"pipeline.json at {hits[0]} did not parse"}
+        return read_pipeline(hits[0].parent) if hits else {}
+    except RunFileError as err:
+        return {"data_note": str(err)}
 
 
-def off_protocol(runs: list[Run]) -> bool:
-    """Whether any Table-1 or instability run deviates from the paper's epochs or data (smoke runs do)."""
-    runs = [r for r in runs if r.status in ("finished", "diverged")]
-    groups = {(r.kind, r["model"]) for r in runs if r.kind in ("table1", "fig2", "fig4")}
-    return any(
-        deviations([r for r in runs if (r.kind, r["model"]) == g], *g).startswith("**no**") for g in groups
-    )
-
-
-def header(root: Path, runs: list[Run], profile: str) -> str:
-    """Title, profile, date and the reading guide; a warning first when the runs are not the paper's protocol."""
+def header(roots: list[Path], runs: list[Run], profile: str, table: pd.DataFrame) -> str:
+    """Title, profile, date and the reading guide; a banner first when Table-1 runs are not the paper's protocol."""
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = ", ".join(f"`{r}`" for r in roots)
     lines = [
-        "# STE Lab report: Yin et al., ICLR 2019, reproduced\n",
-        f"Profile: **{profile}** · generated {date} · {len(runs)} runs read from `{root}`\n",
+        "# STE Lab report\n",
+        f"Profile: **{profile}** · generated {date} · {len(runs)} runs read from {where}\n",
     ]
-    if off_protocol(runs):
+    reduced = paper_split(protocol_split(table)[0])[2]
+    if reduced:
         lines.append(
-            "> ⚠ **Not the paper's protocol.** Some runs used fewer epochs or data subsets (see Provenance → "
-            "Protocol actually run): their numbers show that the pipeline works, not the paper's results.\n"
+            f"> ⚠ **Reduced protocol** — not the paper's: {reduced}. These runs are compared among themselves; no "
+            "Δ against the paper is given for them.\n"
         )
     return "\n".join(lines + [GUIDE, ""])
 
 
+def table1_part(runs: pd.DataFrame, reduced: str, out: Path) -> str:
+    """Table 1a/1a′/1b for the runs of one protocol: the paper's (with Δ) or a reduced one (ours alone)."""
+    paper = not reduced
+    acc = cells(runs, "val_acc")
+    title = (
+        "the paper's protocol: paper | ours | Δ"
+        if paper
+        else f"reduced protocol: {reduced} — ours only, no Δ"
+    )
+    return (
+        f"### Table 1a: validation accuracy (%), final epoch ({title})\n\n"
+        f"{render_table1(acc, 'val_acc', paper=paper)}\n\n"
+        "### Table 1a′: best validation accuracy (%) over the epochs, and at which epoch (ours only)\n\n"
+        f"{render_best(cells(runs, 'val_acc_best'))}\n\n"
+        f"### Table 1b: training loss ({'paper | ours | Δ' if paper else 'ours, reduced protocol'})\n\n"
+        f"{render_table1(cells(runs, 'train_loss'), 'train_loss', paper=paper)}\n\n"
+        f"{table1_figures(runs, acc, out)}\n"
+        "#### Ordering check\n\nThe paper (Yin et al. 2019, §1.2, §4.1): clipped ReLU ≥ vanilla ReLU > identity "
+        "on mean validation accuracy, claimed for the deeper VGG11 and ResNet20; other rows are shown for "
+        f"information. The Comparison section gives each pair's interval.\n\n{render_ordering(acc)}\n"
+    )
+
+
 def table1_section(table: pd.DataFrame, out: Path) -> str:
-    """Table 1a (final accuracy), 1a′ (best epoch), 1b (loss), 1c (our FP pretraining), runs kept apart, figures
-    and the ordering check."""
+    """Table 1 in the paper's layout: with Δ for runs on the paper's protocol, apart (ours only) for reduced ones;
+    then our FP pretraining and the runs kept out of the cells."""
     in_table, others = protocol_split(table)
     diverged = in_table[in_table["status"] == "diverged"]
     fp = table[table["kind"] == "fp"]
@@ -92,43 +109,43 @@ def table1_section(table: pd.DataFrame, out: Path) -> str:
     )
     apart = render_apart(others, diverged)
     if in_table.empty:
-        return "## Table 1\n\nNo quantized Table-1 runs in the protocol.\n\n" + fp_part + "\n" + apart
-    acc = cells(in_table, "val_acc")
-    return (
-        "## Table 1\n\nCells: paper | ours, mean ± std (n) | Δ = ours − paper (Yin et al. 2019, §4.1, Table 1). "
-        "A cell averages runs that differ in their seed alone; a repeated seed counts once (its newest run) and "
-        "is flagged. Bit widths are activation bits; weights stay float.\n\n"
-        "### Table 1a: validation accuracy (%), final epoch (the paper's protocol)\n\n"
-        f"{render_table1(acc, 'val_acc')}\n\n"
-        "### Table 1a′: best validation accuracy (%) over the epochs, and at which epoch (ours only)\n\n"
-        f"{render_best(cells(in_table, 'val_acc_best'))}\n\n"
-        f"### Table 1b: training loss\n\n{render_table1(cells(in_table, 'train_loss'), 'train_loss')}\n\n"
-        f"{fp_part}\n{apart}\n{table1_figures(in_table, acc, out)}\n"
-        "## Ordering check\n\nThe paper (Yin et al. 2019, §1.2, §4.1): clipped ReLU ≥ vanilla ReLU > identity "
-        "on mean validation accuracy, claimed for the deeper VGG11 and ResNet20; other rows are shown for "
-        f"information.\n\n{render_ordering(acc)}\n"
-    )
+        return "## Table 1\n\nNo quantized Table-1 runs.\n\n" + fp_part + "\n" + apart
+    paper, reduced, what = paper_split(in_table)
+    parts = [
+        "## Table 1\n\nCells: ours as mean ± std (n) over seeds, beside the paper's value and Δ = ours − paper "
+        "(Yin et al. 2019, §4.1, Table 1) only for runs that follow the paper's protocol (Table 2's epochs and "
+        "schedule, full data, from a float checkpoint). A cell averages runs that differ in their seed alone; a "
+        "repeated seed counts once (its newest run) and is flagged. Bit widths are activation bits; weights float.\n"
+    ]
+    parts += [table1_part(paper, "", out)] if len(paper) else []
+    parts += [table1_part(reduced, what, out)] if len(reduced) else []
+    return "\n".join(parts + [fp_part, apart])
 
 
-def headline(root: Path, out: Path, profile: str) -> str:
-    """For the README's Results section (written between markers by --readme): Table 1a's rows that ran, then the
-    W×A tables and the paper-schedule-vs-tuned table when their runs are there (Table 1a alone when none ran)."""
-    table = run_table(scan(root, exclude=out)[0])
+def headline(roots: list[Path], out: Path, profile: str) -> str:
+    """For the README's Results section (written between markers by --readme): Table 1a's rows that ran (with Δ
+    only on the paper's protocol, else labelled reduced), then the W×A and tuned tables when their runs are there."""
+    table = run_table(scan(roots, exclude=out)[0])
     in_table, _ = protocol_split(table)
     extra = [f"Weights × activations, {title}:\n\n{body}" for title, body in wxa_tables(table)]
-    tuned = tuning_table(table, in_table, find_studies(root, out)[0])
+    tuned = tuning_table(table, in_table, find_studies(roots, out)[0])
     extra += [f"Paper schedule vs tuned:\n\n{tuned}"] if tuned else []
     where = (
         f"full report with protocol, curves and provenance: [{out}/report.md]({out}/report.md). Generated by "
         f"`python -m src.report <runs> --out {out} --profile {profile} --readme README.md`."
     )
-    if in_table.empty and extra:
-        return f"Profile `{profile}`; {where}\n\n" + "\n".join(extra)
-    acc = render_table1(cells(in_table, "val_acc"), "val_acc", ours_only=True)
-    return (
-        f"Validation top-1 (%), final epoch, paper | ours (mean ± std, n seeds) | Δ — profile `{profile}`; {where}"
-        f"\n\n{acc}\n" + "".join(f"\n{part}" for part in extra)
-    )
+    parts = [f"Profile `{profile}`; {where}\n"]
+    paper, reduced, what = paper_split(in_table)
+    if len(paper):
+        acc = render_table1(cells(paper, "val_acc"), "val_acc", ours_only=True)
+        parts.append(
+            f"Validation top-1 (%), final epoch, the paper's protocol: paper | ours (mean ± std, n) | Δ\n\n{acc}\n"
+        )
+    if len(reduced):
+        acc = render_table1(cells(reduced, "val_acc"), "val_acc", paper=False)
+        parts.append(f"Validation top-1 (%), final epoch, ours (mean ± std, n) — **reduced protocol: {what}**; no Δ "
+                     f"against the paper\n\n{acc}\n")  # fmt: skip
+    return "\n".join(parts + extra) + "\n"
 
 
 def write_headline(readme: Path, profile: str, text: str) -> None:
@@ -142,32 +159,35 @@ def write_headline(readme: Path, profile: str, text: str) -> None:
 
 
 class NoRuns(ValueError):
-    """ROOT holds no run dir."""
+    """The given folders hold no run dir."""
 
 
-def build_report(root: Path, out: Path | None = None, profile: str | None = None) -> Path:
-    """Read every run under root and write report.md, runs.csv and the figures into out (default root/report)."""
-    root = Path(root)
-    out = Path(out) if out else root / "report"
-    runs, bad = scan(root, exclude=out)
+def build_report(roots, out: Path | None = None, profile: str | None = None) -> Path:
+    """Read every run under the roots (a folder or a list of them) and write report.md, runs.csv and the figures
+    into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report, one line each."""
+    roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
+    out = Path(out) if out else roots[0] / "report"
+    runs, problems = scan(roots, exclude=out)
     if not runs:
-        raise NoRuns(f"no runs under {root}")
+        raise NoRuns(f"no runs under {', '.join(map(str, roots))}" + "".join(f"; {p}" for p in problems))
     out.mkdir(parents=True, exist_ok=True)
     table = run_table(runs)
     write_runs_csv(table, out / "runs.csv")
-    pipeline = read_pipeline(root, out)
+    pipeline = find_pipeline(roots, out)
     profile = profile or pipeline.get("profile") or "not stated (no --profile, no pipeline.json)"
     in_table = protocol_split(table)[0]
+    problems += curve_problems(runs)
     sections = [
-        header(root, runs, profile),
+        header(roots, runs, profile, table),
+        compare_section(runs, out),
         table1_section(table, out),
         wxa_section(table),
-        tuning_section(table, in_table, root, out),
+        tuning_section(table, in_table, roots, out),
         figure_section("fig2", runs, out),
         figure_section("fig4", runs, out),
         diagnostics_section(table, runs, out),
-        two_layer_section(runs, root, out),
-        provenance_section(runs, pipeline, profile, bad),
+        two_layer_section(runs, roots, out),
+        provenance_section(runs, pipeline, profile, problems),
     ]
     path = out / "report.md"
     path.write_text("\n".join(sections))

@@ -29,28 +29,40 @@ LABELS = {
 }
 
 
+# 16 colours that stay distinct from one another (Kelly's and Tableau's, light tints left out): one per registry
+# STE, in registry order, so every figure gives an STE the same colour; later names take the next free one.
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#000000", "#a6761d", "#f0027f", "#386cb0", "#66a61e", "#b15928",
+)  # fmt: skip
+STYLES = ("-", "--", ":", "-.")  # a second, third, ... curve of one STE (another bit width or knob)
+
+
 def color(label: str) -> str | None:
-    """One colour per registry STE in every figure (curves and bars agree); other labels take the default cycle."""
+    """The STE's colour in every figure ('fp' is black-grey); None (matplotlib's cycle) for other labels."""
     from src.quant.ste import STES
 
     names = list(STES)
-    return f"C{names.index(label) % 10}" if label in names else None
+    if label == "fp":
+        return "#444444"
+    return PALETTE[names.index(label) % len(PALETTE)] if label in names else None
 
 
 def save(fig, path: Path, n_labels: int) -> Path:
-    """Legend below the axes (never over data), then a small PNG."""
+    """Legend below the axes (never over data, never cut: the saved box grows to hold it), then a small PNG."""
     legend = {}  # label -> handle over all panels: a label missing from the first panel still gets its entry
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
     if handles:
+        longest = max(len(s) for s in labels)
         ncol = max(
-            1, min(n_labels, int(fig.get_figwidth() // 1.5))
-        )  # ~1.5 in a label: never wider than the figure
+            1, min(n_labels, int(fig.get_figwidth() * 12 // max(longest + 4, 10)))
+        )  # ~12 chars an inch
         fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -80,12 +92,14 @@ def plot_curves(
     title: str,
     switch=None,
     titles: tuple[str, ...] | None = None,
+    styles: dict[str, tuple[str | None, int]] | None = None,
 ) -> Path:
     """One panel per metric (rows of 4), per label the mean over its runs' curves with a min–max band; x = epoch,
     0 = start.
 
     ``switch``: the epoch where the learning rate leaves its hold (Figure 2's 1e-5 phase), drawn dashed.
     ``titles``: one per panel (e.g. the layer a diagnostic belongs to).
+    ``styles``: label -> (STE, k): the STE's colour and the k-th line style (default: the label as STE, solid).
     """
     fig, axes = panels(len(metrics))
     for i, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
@@ -100,7 +114,8 @@ def plot_curves(
                 marker="o" if len(stats) < 30 else None,
                 ms=3,
                 label=label,
-                color=color(label),
+                color=color((styles or {}).get(label, (label, 0))[0]),
+                linestyle=STYLES[(styles or {}).get(label, (label, 0))[1] % len(STYLES)],
             )
             if len(series) > 1:
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.2)
@@ -138,20 +153,18 @@ def plot_probe(probes: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
     return save(fig, path, len(DIRECTIONS))
 
 
-def plot_bars(bars: pd.DataFrame, order: list[str], path: Path, title: str) -> Path:
-    """Grouped bars: ``bars`` has one row per bit width and columns ("mean" | "std", STE); STEs in ``order``."""
-    order = [s for s in order if s in bars["mean"]]
-    means, stds = bars["mean"][order], bars["std"][order]
-    width = max(4.6, 1.2 + 1.1 * len(bars) * max(len(means.columns), 1) / 2)  # the title must fit
-    fig, ax = plt.subplots(figsize=(width, 3.6), layout="constrained")
-    colors = [color(s) for s in order]
-    means.plot.bar(
-        yerr=stds.fillna(0), ax=ax, capsize=3, rot=0, legend=False, width=0.8,
-        color=colors if None not in colors else None,
-    )  # fmt: skip
-    low = means.min().min()
-    ax.set_ylim(max(0, low - 10) if pd.notna(low) else 0, 100)  # accuracy in %: zoom on the differences
+def plot_dots(means: pd.DataFrame, stds: pd.DataFrame, order: list[str], path: Path, title: str) -> Path:
+    """Final accuracy as dots: one row of ``means`` per bit width (x), one column per STE (offset dots, its colour);
+    an error bar (± std) only where std exists (n ≥ 2): a single run draws none, not a zero-length one."""
+    order = [s for s in order if s in means]
+    fig, ax = plt.subplots(figsize=(max(4.6, 1.5 + 1.2 * len(means)), 3.6), layout="constrained")
+    width = 0.6 / max(len(order), 1)
+    for j, ste in enumerate(order):
+        x = [i + (j - (len(order) - 1) / 2) * width for i in range(len(means))]
+        err = stds[ste].to_numpy(dtype=float) if ste in stds else None
+        ax.errorbar(x, means[ste], yerr=err, fmt="o", capsize=3, color=color(ste), label=ste)
+    ax.set_xticks(range(len(means)), [str(b) for b in means.index])
     ax.set(xlabel="bit width", ylabel="final validation accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    return save(fig, path, len(means.columns))
+    return save(fig, path, len(order))

@@ -66,7 +66,7 @@ def knobs(run: Run) -> dict:
     """One row of runs.csv (everything but the path order): config first, summary where the config is silent."""
     cfg = run.config
     ste, quant, opt = cfg.get("ste") or {}, cfg.get("quant") or {}, cfg.get("optimizer") or {}
-    data, starts = cfg.get("data") or {}, run.provenance.get("starts") or [{}]
+    data = cfg.get("data") or {}
     row = {k: run[k] for k in ("run_name", "data", "model", "bits", "ste", "experiment", "tag", "seed")}
     row |= {
         k: run[k] for k in ("epochs", "max_epochs", "train_subset", "alpha_mode", *METRICS, "wall_time_s")
@@ -80,8 +80,7 @@ def knobs(run: Run) -> dict:
     row |= _scheduler(cfg.get("scheduler") or {})
     row |= {"batch_size": data.get("batch_size"), "val_subset": data.get("val_subset")}
     row["max_epochs"] = row["max_epochs"] or (cfg.get("trainer") or {}).get("max_epochs")
-    started = starts[-1].get("time") or run.provenance.get("time")
-    return row | {"kind": run.kind, "status": run.status, "reason": run["reason"], "started": started}
+    return row | {"kind": run.kind, "status": run.status, "reason": run["reason"], "started": run.started}
 
 
 def run_table(runs: list[Run]) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
+from src.paper import TABLE2
 from src.report.runs import Run
 from src.report.table1 import NAMES, md_table
 
@@ -20,8 +20,7 @@ KINDS = {
 }
 # Yin et al. 2019, Table 2's epochs (Table 1's runs, and the tuned runs retrained on its schedule) and the
 # instability runs' lengths (§4.2, Figures 2 and 4); none for FP pretraining
-TABLE2_EPOCHS = {"lenet5": 50, "vgg11": 200, "resnet20": 200}
-PAPER_EPOCHS = {(kind, m): e for kind in ("table1", "tuned") for m, e in TABLE2_EPOCHS.items()}
+PAPER_EPOCHS = {(kind, m): p["epochs"] for kind in ("table1", "tuned") for m, p in TABLE2.items()}
 PAPER_EPOCHS |= {("fig2", "resnet20"): 220, ("fig4", "resnet20"): 200}
 JPEG_NOTE = (
     "CIFAR-10 was read with checksums unverified: a local copy such as the CIFAR-10 JPEG rebuild, whose pixels "
@@ -166,17 +165,19 @@ def resumed(runs: list[Run]) -> list[str]:
     for run in runs:
         starts = run.provenance.get("starts") or []
         if len(starts) > 1:
-            each = "; ".join(f"{s.get('time')} on {s.get('host')} at `{s.get('commit')}`" for s in starts)
+            each = "; ".join(
+                f"{s.get('time_utc')} on {s.get('host')} at `{s.get('git_commit')}`" for s in starts
+            )
             lines.append(f"- `{run['run_name']}` ({len(starts)} starts): {each}")
     return ["", "### Resumed runs", "", *lines] if lines else []
 
 
-def provenance_section(runs: list[Run], pipeline: dict, profile: str, bad: list[Path]) -> str:
+def provenance_section(runs: list[Run], pipeline: dict, profile: str, problems: list[str]) -> str:
     """The whole provenance section as markdown."""
     kinds = Counter(r.kind for r in runs)
     found = ", ".join(f"{KINDS[k]} {kinds[k]}" for k in KINDS if kinds[k])
     lines = ["## Provenance\n", f"- Profile: {profile}", f"- Runs found: {len(runs)} ({found or 'none'})"]
-    lines += [f"- ⚠ Unreadable run dir (skipped): `{p}`" for p in bad]
+    lines += [f"- ⚠ Skipped: {p}" for p in problems]
     lines += [
         f"- ⚠ Started but unfinished (no summary.json): `{r.path}`" for r in runs if r.status == "interrupted"
     ]

@@ -1,14 +1,13 @@
-"""Read run directories (written by src/train.py) without touching them: summary, config, provenance, curves."""
+"""Runs as the report reads them (src/runs is the reader), sorted into report sections, and their curves."""
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
+
+from src.runs import record
 
 # The experiment names the pipeline gives the instability runs (conf/experiment/*.yaml)
 FIG2, FIG4 = "fig2_identity_repelled", "fig4_relu_2bit"
@@ -19,24 +18,8 @@ FLOAT_WEIGHTS = (None, "fp")  # wquant.name of the paper's runs (float weights):
 
 
 @dataclass(frozen=True)
-class Run:
-    """One run directory: its summary.json, config.yaml and provenance.json as plain dicts."""
-
-    path: Path
-    summary: dict
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
-    stage: tuple[
-        str, ...
-    ] = ()  # the folders between the report's ROOT and the run dir, e.g. ("tune", "relu-2bit")
-
-    def __getitem__(self, key: str):
-        return self.summary.get(key)
-
-    @property
-    def status(self) -> str:
-        """finished, diverged, failed or interrupted (older summaries carry only ``diverged``)."""
-        return self["status"] or ("diverged" if self["diverged"] else "finished")
+class Run(record.Run):
+    """A run as the report sorts it: src/runs' record plus its report section (``kind``) and W×A label."""
 
     @property
     def kind(self) -> str:
@@ -72,70 +55,45 @@ class Run:
 
         return f"w{weight_token(*self.weights) or 'f'}a{'f' if self['bits'] is None else self['bits']}"
 
-    def value(self, metric: str) -> float | None:
-        """A summary metric, or None unless the run finished with a finite value."""
-        x = self[metric]
-        if self.status != "finished" or x is None or not math.isfinite(x):
-            return None  # a diverged run's last logged numbers describe no minimum; never average them
-        return float(x)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _read_yaml(path: Path) -> dict:
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
 
 def collect_runs(root: Path, exclude: Path | None = None) -> list[Run]:
     """Every run dir under root whose files parse (interrupted ones included), sorted by path."""
-    return scan(root, exclude)[0]
+    return scan([root], exclude)[0]
 
 
-def identity_from_config(run_dir: Path, config: dict) -> dict:
-    """What an interrupted run (no summary.json) was, read from its config: enough to list it."""
-    data = str((config.get("data") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
-    quant = config.get("quant") or {}
-    return {
-        "run_name": run_dir.name,
-        "model": (config.get("model") or {}).get("name"),
-        "data": data.removesuffix("DataModule").lower(),
-        "ste": (config.get("ste") or {}).get("name"),
-        "bits": quant.get("bits"),
-        "alpha_mode": quant.get("alpha_mode"),
-        "seed": config.get("seed"),
-        "tag": config.get("tag"),
-        "status": "interrupted",
-        "reason": "no summary.json: interrupted or still running",
-    }
-
-
-def scan(root: Path, exclude: Path | None = None) -> tuple[list[Run], list[Path]]:
-    """The runs under root and the run dirs whose files did not parse.
-
-    A run dir holds summary.json, or (interrupted) config.yaml and provenance.json only. ``exclude`` (the
-    report's own output folder) is skipped, so a report written inside ROOT is never read back.
-    """
-    runs, bad, root = [], [], Path(root)
-    dirs = {p.parent for name in ("summary.json", "provenance.json") for p in root.rglob(name)}
-    exclude = exclude.resolve() if exclude else None
-    for run_dir in sorted(dirs):
-        if exclude and run_dir.resolve().is_relative_to(exclude):
-            continue
-        try:
-            config, prov = _read_yaml(run_dir / "config.yaml"), _read_json(run_dir / "provenance.json")
-            summary = _read_json(run_dir / "summary.json") or identity_from_config(run_dir, config)
-        except (OSError, ValueError, yaml.YAMLError):  # a half-written file: report it, do not crash
-            bad.append(run_dir)
-            continue
-        runs.append(Run(run_dir, summary, config, prov, run_dir.relative_to(root).parts[:-1]))
-    return runs, bad
+def scan(roots, exclude: Path | None = None) -> tuple[list[Run], list[str]]:
+    """The runs under the given folders (src/runs.find_runs), and one line per run dir that could not be read."""
+    runs, problems = record.find_runs([roots] if isinstance(roots, str | Path) else roots, exclude)
+    return [Run(r.path, r.summary, r.config, r.provenance, r.stage) for r in runs], problems
 
 
 def read_curves(run: Run) -> pd.DataFrame:
-    """metrics.csv indexed by epoch (0 = the starting point, e = after epoch e); empty when there is none."""
-    path = run.path / "metrics.csv"
+    """metrics.csv indexed by epoch (0 = the starting point, e = after epoch e); empty when there is none or it
+    cannot be read (``curve_problems`` names it)."""
+    try:
+        return _curves(run.path / "metrics.csv")
+    except ValueError:
+        return pd.DataFrame(index=pd.Index([], name="epoch"))
+
+
+def _curves(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(index=pd.Index([], name="epoch"))
-    return pd.read_csv(path).set_index("epoch").sort_index()
+    try:
+        curve = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({type(err).__name__})") from None
+    if "epoch" not in curve or not pd.api.types.is_numeric_dtype(curve["epoch"]):
+        raise ValueError(f"{path}: no numeric epoch column (truncated or not a metrics file)")
+    return curve.set_index("epoch").sort_index()
+
+
+def curve_problems(runs: list[Run]) -> list[str]:
+    """One line per run whose metrics.csv exists but cannot be read (its curves are left out of the figures)."""
+    problems = []
+    for run in runs:
+        try:
+            _curves(run.path / "metrics.csv")
+        except ValueError as err:
+            problems.append(f"{err}; its curves are left out")
+    return problems

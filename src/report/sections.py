@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.report.figures import plot_bars, plot_curves
+from src.paper import TABLE1
+from src.report.figures import plot_curves, plot_dots
 from src.report.provenance import call, counted
 from src.report.runs import Run, read_curves
-from src.report.table1 import PAPER_TABLE1, fmt, md_table, newest_per_seed, row_label, ste_order
+from src.report.table1 import fmt, md_table, newest_per_seed, row_label, ste_order
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class FigureSpec:
     paper_final: dict[str, tuple[float, float]]
 
 
-RESNET4, RESNET2 = PAPER_TABLE1[("cifar10", "resnet20", 4)], PAPER_TABLE1[("cifar10", "resnet20", 2)]
+RESNET4, RESNET2 = TABLE1[("cifar10", "resnet20", 4)], TABLE1[("cifar10", "resnet20", 2)]
 FIGURES = {
     "fig2": FigureSpec(
         2,
@@ -153,19 +154,21 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     )
 
 
-def find_theory(root: Path, exclude: Path) -> dict[str, Path]:
-    """The theory outputs under root (src.theory's PNGs and certificate.md), first by path, outside ``exclude``."""
+def find_theory(roots: list[Path], exclude: Path) -> dict[str, Path]:
+    """The theory outputs under the roots (src.theory's PNGs and certificate.md), first by path, outside
+    ``exclude``."""
     found = {}
     for name in [*THEORY, "certificate.md"]:
-        hits = [p for p in sorted(root.rglob(name)) if not p.resolve().is_relative_to(exclude.resolve())]
+        hits = sorted(p for root in roots for p in Path(root).rglob(name))
+        hits = [p for p in hits if not p.resolve().is_relative_to(exclude.resolve())]
         if hits:
             found[name] = hits[0]
     return found
 
 
-def theory_parts(root: Path, out: Path) -> list[str]:
+def theory_parts(roots: list[Path], out: Path) -> list[str]:
     """src.theory's figures (copied beside report.md, so links are relative) and its certificate table."""
-    theory, parts = find_theory(root, out), []
+    theory, parts = find_theory(roots, out), []
     for name, caption in THEORY.items():
         if name in theory:
             shutil.copyfile(theory[name], out / name)
@@ -185,9 +188,9 @@ def population_row(label: str, run: Run, curve: pd.DataFrame) -> list[str]:
     return [label, epochs, show(at(curve, 0, "val/population_loss")), *final]
 
 
-def two_layer_section(runs: list[Run], root: Path, out: Path) -> str:
+def two_layer_section(runs: list[Run], roots: list[Path], out: Path) -> str:
     """The two-layer model: the theory outputs, then our runs' population loss per epoch (one curve per STE)."""
-    parts = ["## Two-layer model\n", *theory_parts(root, out)]
+    parts = ["## Two-layer model\n", *theory_parts(roots, out)]
     mine = [r for r in runs if r.kind == "two_layer" and r.status != "interrupted"]
     if not mine:
         return "\n".join(parts + ["No two-layer runs found.\n"])
@@ -229,12 +232,13 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
     for (data, model), group in pd.DataFrame(cells).groupby(["data", "model"], sort=False):
         # rows: bit widths; columns: ("mean" | "std", STE)
         bars = group.pivot(index="row", columns="ste", values=["mean", "std"]).astype(float)
-        name = f"bars_{data}_{model}.png"
+        name = f"final_{data}_{model}.png"
         net = " ".join(row_label((data, model, None))[:2])
-        plot_bars(bars, ste_order(group["ste"]), out / name, f"{net}: final accuracy, ± std over seeds")
+        title = f"{net}: final accuracy, ± std over seeds (no bar: one seed)"
+        plot_dots(bars["mean"], bars["std"], ste_order(group["ste"]), out / name, title)
         parts.append(f"![{name}]({name})\n")
     caption = (
         "*Curves: epoch 0 is the starting point (the FP checkpoint, validated before training); diverged runs "
-        "are not drawn. Bars: final-epoch accuracy, mean over seeds, error bar = sample std.*\n"
+        "are not drawn. Dots: final-epoch accuracy, mean over seeds, error bar = sample std (none for one seed).*\n"
     )
     return "\n".join(parts + [caption])

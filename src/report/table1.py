@@ -8,33 +8,22 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import pandas as pd
 
+from src.paper import PAPER_STES, TABLE1, protocol_gaps
 from src.report.frame import PROTOCOL, STE_KNOBS, VARIANT_DEFAULTS, run_table
 from src.report.runs import Run
 
-# Yin et al. 2019, §4.1, Table 1 verbatim: (data, model, bits) -> ste -> (final training loss, validation acc %)
-# one row per line, in the paper's layout
-# fmt: off
-PAPER_TABLE1: dict[tuple[str, str, int], dict[str, tuple[float, float]]] = {
-    ("mnist", "lenet5", 2):     {"identity": (2.6e-2, 98.49), "relu": (5.1e-3, 99.24), "clipped_relu": (5.4e-3, 99.23)},
-    ("mnist", "lenet5", 4):     {"identity": (6.0e-3, 98.98), "relu": (9.0e-4, 99.32), "clipped_relu": (8.8e-4, 99.24)},
-    ("cifar10", "vgg11", 2):    {"identity": (0.19, 86.58),   "relu": (0.10, 88.69),   "clipped_relu": (0.02, 90.92)},
-    ("cifar10", "vgg11", 4):    {"identity": (3.1e-2, 90.19), "relu": (1.5e-3, 92.01), "clipped_relu": (1.3e-3, 92.08)},
-    ("cifar10", "resnet20", 2): {"identity": (1.56, 46.52),   "relu": (1.50, 48.05),   "clipped_relu": (0.24, 88.39)},
-    ("cifar10", "resnet20", 4): {"identity": (1.38, 54.16),   "relu": (0.25, 86.59),   "clipped_relu": (0.04, 91.24)},
-}
-# fmt: on
-PAPER_STES = ("identity", "relu", "clipped_relu")
 STE_LABELS = {"identity": "identity", "relu": "vanilla ReLU", "clipped_relu": "clipped ReLU"}
 NAMES = {"mnist": "MNIST", "cifar10": "CIFAR10", "lenet5": "LeNet5", "vgg11": "VGG11", "resnet20": "ResNet20"}
 DEEP = {
     "vgg11",
     "resnet20",
 }  # the paper's ordering claim is for the deeper nets (Yin et al. 2019, §1.2, §4.1)
-METRIC_INDEX = {"train_loss": 0, "val_acc": 1}  # position in PAPER_TABLE1's pairs
+METRIC_INDEX = {"train_loss": 0, "val_acc": 1}  # position in TABLE1's pairs
 SIDE_KINDS = ("tune", "tuned", "wxa")  # Run.kind of runs with their own section, never in Table 1
 Key = tuple  # (data, model, bits) then the row's non-default variant knobs, e.g. ("cifar10", "vgg11", 2, "pact")
 
@@ -155,8 +144,8 @@ def table1(runs: list[Run], metric: str = "val_acc") -> dict[Key, dict[str, Cell
 
 def row_order(keys) -> list[Key]:
     """The paper's six rows first, in its order, then any other row (variants, other nets) sorted."""
-    others = sorted((k for k in keys if k not in PAPER_TABLE1), key=lambda k: tuple(map(str, k)))
-    return list(PAPER_TABLE1) + others
+    others = sorted((k for k in keys if k not in TABLE1), key=lambda k: tuple(map(str, k)))
+    return list(TABLE1) + others
 
 
 def ste_order(found) -> list[str]:
@@ -196,7 +185,7 @@ def fmt_cell(cell: Cell | None, metric: str) -> str:
 
 def paper_value(key: Key, ste: str, metric: str) -> float | None:
     """The paper's Table 1 value, or None where the paper has no such cell."""
-    pair = PAPER_TABLE1.get(key, {}).get(ste)
+    pair = TABLE1.get(key, {}).get(ste)
     return pair[METRIC_INDEX[metric]] if pair and metric in METRIC_INDEX else None
 
 
@@ -217,23 +206,43 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines)
 
 
-def render_table1(data: dict[Key, dict[str, Cell]], metric: str, ours_only: bool = False) -> str:
+def render_table1(
+    data: dict[Key, dict[str, Cell]], metric: str, ours_only: bool = False, paper: bool = True
+) -> str:
     """Table 1 for one metric: per STE the paper's value, ours (mean ± std, n) and ours − paper; every paper row,
-    or with ``ours_only`` the rows we ran."""
+    or with ``ours_only`` the rows we ran. ``paper=False`` (runs off the paper's protocol): ours alone, no Δ."""
     stes = ste_order({ste for row in data.values() for ste in row})
+    parts = ("paper", "ours", "Δ") if paper else ("ours",)
     header = ["Dataset", "Network", "BitWidth"]
-    header += [f"{STE_LABELS.get(s, s)} {part}" for s in stes for part in ("paper", "ours", "Δ")]
+    header += [f"{STE_LABELS.get(s, s)} {part}" for s in stes for part in parts]
     rows = []
     for key in row_order(data):
-        if ours_only and key not in data:
+        if (ours_only or not paper) and key not in data:
             continue
         row = row_label(key)
         for ste in stes:
-            cell, paper = data.get(key, {}).get(ste), paper_value(key, ste, metric)
-            diff = cell.mean - paper if cell and cell.mean is not None and paper is not None else None
-            row += [fmt(paper, metric), fmt_cell(cell, metric), fmt(diff, metric, sign=True)]
+            cell, published = data.get(key, {}).get(ste), paper_value(key, ste, metric)
+            if not paper:
+                row.append(fmt_cell(cell, metric))
+                continue
+            diff = cell.mean - published if cell and cell.mean is not None and published is not None else None
+            row += [fmt(published, metric), fmt_cell(cell, metric), fmt(diff, metric, sign=True)]
         rows.append(row)
     return md_table(header, rows)
+
+
+def paper_split(in_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(runs on the paper's protocol, runs on a reduced one, what differs: '5 epochs (paper 200); …').
+
+    Only the first get a Δ against the paper; the others are compared among themselves."""
+    gaps = [protocol_gaps(r) for r in in_table["run"]]
+    paper = in_table[[not g for g in gaps]]
+    reduced = in_table[[bool(g) for g in gaps]]
+    counts = Counter(x for g in gaps for x in g)
+    what = "; ".join(
+        f"{x}" + (f" ({k} of {len(reduced)} runs)" if k < len(reduced) else "") for x, k in counts.items()
+    )
+    return paper, reduced, what
 
 
 def render_best(data: dict[Key, dict[str, Cell]]) -> str:
@@ -293,7 +302,7 @@ def render_ordering(data: dict[Key, dict[str, Cell]]) -> str:
     rows = []
     for key in (k for k in row_order(data) if k in data):
         ours = {s: (c.mean if (c := data[key].get(s)) else None) for s in PAPER_STES}
-        paper = {s: paper_value(key, s, "val_acc") for s in PAPER_STES} if key in PAPER_TABLE1 else {}
+        paper = {s: paper_value(key, s, "val_acc") for s in PAPER_STES} if key in TABLE1 else {}
         scope = "claim (deep net)" if key[1] in DEEP else "for information"
         means = [fmt(ours[s], "val_acc") for s in ("clipped_relu", "relu", "identity")]
         rows.append(

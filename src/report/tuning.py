@@ -7,7 +7,6 @@ Layout: <root>/tune/<ste>-<bits>bit/tuning.json with the study's trial run dirs 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 
 from src.report.provenance import counted, hours
 from src.report.table1 import Cell, cells, fmt, fmt_cell, md_table, row_label, ste_column, ste_order
+from src.runs import RunFileError, read_tuning
 
 STUDY_FILE = "tuning.json"
 
@@ -51,7 +51,7 @@ def read_study(path: Path) -> Study:
     file's ``ste`` / ``bits``, else the study dir's name <ste>-<bits>bit; data and model: ``data`` / ``model``;
     the holdout size: ``holdout``.
     """
-    doc = json.loads(path.read_text())
+    doc = read_tuning(path.parent)
     trials = tuple(
         {
             "params": t.get("params") or {},
@@ -88,15 +88,15 @@ def lr_wd(lr, wd) -> str:
     return f"{show(lr)} / {show(wd)}"
 
 
-def find_studies(root: Path, out: Path) -> tuple[list[Study], list[Path]]:
-    """Every tuning.json under root (outside ``out``): the studies read and the files that did not parse."""
+def find_studies(roots: list[Path], out: Path) -> tuple[list[Study], list[Path]]:
+    """Every tuning.json under the roots (outside ``out``): the studies read and the files that did not parse."""
     studies, bad = [], []
-    for path in sorted(root.rglob(STUDY_FILE)):
+    for path in sorted(p for root in roots for p in Path(root).rglob(STUDY_FILE)):
         if path.resolve().is_relative_to(out.resolve()):
             continue
         try:
             studies.append(read_study(path))
-        except (OSError, ValueError, AttributeError, TypeError):  # half-written or another format: say so
+        except (RunFileError, AttributeError, TypeError):  # half-written or another format: say so
             bad.append(path)
     return studies, bad
 
@@ -215,9 +215,9 @@ def tuning_table(table: pd.DataFrame, in_table: pd.DataFrame, studies: list[Stud
     return f"{md_table(header, rows)}\n\n{caption(studies, table[table['kind'] == 'tune'])}"
 
 
-def tuning_section(table: pd.DataFrame, in_table: pd.DataFrame, root: Path, out: Path) -> str:
-    """'Paper schedule vs tuned' from the studies under root and the runs; one line when there are none."""
-    studies, bad = find_studies(root, out)
+def tuning_section(table: pd.DataFrame, in_table: pd.DataFrame, roots: list[Path], out: Path) -> str:
+    """'Paper schedule vs tuned' from the studies under the roots and the runs; one line when there are none."""
+    studies, bad = find_studies(roots, out)
     body = tuning_table(table, in_table, studies)
     warn = "".join(f"- ⚠ unreadable `{p}`\n" for p in bad)
     if not body:

@@ -1,0 +1,263 @@
+"""Compare any runs: group them by the config values that differ between them, with statistics a reviewer accepts.
+
+Within one (model, data) block, a *setting* is a run's identity (src/runs) without what varies with the seed (the
+seed, the data order it fixes, the per-seed init checkpoint, which counts only as "from a checkpoint" or "from
+scratch"). The keys whose values differ between the block's settings are its grouping keys; runs equal in all of
+them are repeats of one group, one per seed (a repeated seed counts once: its newest run). Per group: mean ± sample
+std, n and a 95 % t-interval over seeds; with one seed, the binomial standard error of the test accuracy instead
+(√(p(1−p)/N), N the validation examples), labelled as such. Pairs of groups that differ in one key are ordered
+with the interval of their difference: paired by seed where they share seeds, else Welch's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.report.figures import plot_curves
+from src.report.runs import Run, read_curves
+from src.report.table1 import md_table
+
+SEED_KEYS = ("seed", "data.seed", "init.checkpoint")  # vary with the seed: never grouping keys
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t975(df: float) -> float:
+    """Student's t 97.5 % quantile (two-sided 95 %) for ``df`` degrees of freedom (rounded down)."""
+    return T975[int(df) - 1] if df < len(T975) + 1 else 1.96
+
+
+def setting(run: Run) -> dict:
+    """What a run is, apart from its seed: identity without SEED_KEYS, plus ``init`` (checkpoint | scratch)."""
+    ident = {k: v for k, v in run.identity.items() if k not in SEED_KEYS}
+    return ident | {"init": "checkpoint" if run.identity.get("init.checkpoint") else "scratch"}
+
+
+def short(key: str) -> str:
+    """A grouping key as a label shows it: 'ste.name' -> 'ste', 'quant.bits' -> 'bits', else the key."""
+    return {"quant.bits": "bits", "wquant.bits": "wbits"}.get(key, key.removesuffix(".name"))
+
+
+@dataclass
+class Group:
+    """Runs of one setting (one per seed, the newest of a repeated seed) and how it differs from the others."""
+
+    key: tuple  # the values of the block's grouping keys, in order
+    label: str
+    runs: list[Run]
+
+    def finished(self, metric: str) -> list[tuple[int, float]]:
+        """(seed, value) of the finished runs with a finite ``metric``."""
+        return [(r["seed"], v) for r in self.runs if (v := r.value(metric)) is not None]
+
+    @property
+    def ste(self) -> str | None:
+        return self.runs[0]["ste"] if self.runs[0]["bits"] is not None else "fp"
+
+    @property
+    def bits(self):
+        return self.runs[0]["bits"]
+
+
+def newest_per_seed(runs: list[Run]) -> list[Run]:
+    """One run per seed: the newest start (provenance), then the later path."""
+    by_seed = {}
+    for run in sorted(runs, key=lambda r: (r.started or "", str(r.path))):
+        by_seed[run["seed"]] = run
+    return list(by_seed.values())
+
+
+def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
+    """{(model, data): its groups}: the runs that ran (finished or diverged), grouped by the keys that differ."""
+    out = {}
+    ran = [r for r in runs if r.done and not r["debug"]]
+    for where in dict.fromkeys((r["model"], r["data"]) for r in ran):
+        mine = [r for r in ran if (r["model"], r["data"]) == where]
+        settings = [setting(r) for r in mine]
+        keys = sorted({k for s in settings for k in s if len({repr(t.get(k)) for t in settings}) > 1})
+        by_key = {}
+        for run, s in zip(mine, settings, strict=True):
+            by_key.setdefault(tuple(repr(s.get(k)) for k in keys), []).append(run)
+        groups = [Group(key, label(keys, setting(rs[0])), newest_per_seed(rs)) for key, rs in by_key.items()]
+        out[where] = sorted(groups, key=lambda g: g.label)
+    return out
+
+
+def label(keys: list[str], s: dict) -> str:
+    """'ste=relu, bits=2' from the grouping keys (a key the setting lacks is left out); 'all runs' when none."""
+    parts = [f"{short(k)}={s[k]}" for k in keys if s.get(k) is not None]
+    return ", ".join(parts) or "all runs"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A group's metric over seeds: mean, sample std, n, and the half-width of its 95 % interval (``how``)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    half: float | None
+    how: str  # "t" (over seeds), "binomial" (one run: test-set size), "" (none)
+
+
+def stat(group: Group, metric: str) -> Stat:
+    """Mean ± std, n and the 95 % half-width; n = 1 accuracies use the binomial SE of the test set."""
+    values = [v for _, v in group.finished(metric)]
+    n = len(values)
+    if n == 0:
+        return Stat(None, None, 0, None, "")
+    mean = statistics.fmean(values)
+    if n > 1:
+        std = statistics.stdev(values)
+        return Stat(mean, std, n, t975(n - 1) * std / math.sqrt(n), "t")
+    se = binomial_se(mean, group.runs[0]["val_examples"]) if "acc" in metric else None
+    return Stat(mean, None, 1, None if se is None else 1.96 * se, "binomial" if se is not None else "")
+
+
+def binomial_se(acc_percent: float, examples: int | None) -> float | None:
+    """Standard error (in points) of an accuracy measured on ``examples`` test images: 100·√(p(1−p)/N)."""
+    if not examples:
+        return None
+    p = acc_percent / 100
+    return 100 * math.sqrt(p * (1 - p) / examples)
+
+
+def show(s: Stat, digits: int = 2) -> tuple[str, str]:
+    """('93.10 ± 0.25', '[92.6, 93.6]') as the table shows a Stat (n = 1: the value alone, its binomial CI)."""
+    if s.mean is None:
+        return "—", "—"
+    value = f"{s.mean:.{digits}f}" + (f" ± {s.std:.{digits}f}" if s.std is not None else "")
+    if s.half is None:
+        return value, "—"
+    ci = f"[{s.mean - s.half:.{digits}f}, {s.mean + s.half:.{digits}f}]"
+    return value, ci + (" (binomial, 1 run)" if s.how == "binomial" else "")
+
+
+def loss_text(s: Stat) -> str:
+    if s.mean is None:
+        return "—"
+    return f"{s.mean:.3g}" + (f" ± {s.std:.2g}" if s.std is not None else "")
+
+
+def table(groups: list[Group]) -> str:
+    """One row per group: n, final and best top-1 (mean ± std, 95 % CI), final train loss, what did not finish."""
+    rows = []
+    for g in groups:
+        final, best, loss = stat(g, "val_acc"), stat(g, "val_acc_best"), stat(g, "train_loss")
+        diverged = sum(r.status == "diverged" for r in g.runs)
+        seeds = ", ".join(str(r["seed"]) for r in g.runs)
+        rows.append([g.label, str(final.n) + (f" (+{diverged} diverged)" if diverged else ""), seeds,
+                     *show(final), show(best)[0], loss_text(loss)])  # fmt: skip
+    header = ["group", "n", "seeds", "final top-1 (%)", "95 % CI", "best top-1 (%)", "final train loss"]
+    return md_table(header, rows)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """a − b on final top-1: mean, 95 % half-width, how many shared seeds a won, and how it was computed."""
+
+    mean: float
+    half: float | None
+    wins: int
+    pairs: int
+    how: str
+
+
+def difference(a: Group, b: Group, metric: str = "val_acc") -> Difference | None:
+    """a − b: paired over shared seeds (≥ 2), else Welch's interval (a one-run side uses its binomial SE)."""
+    va, vb = dict(a.finished(metric)), dict(b.finished(metric))
+    if not va or not vb:
+        return None
+    shared = sorted(set(va) & set(vb), key=str)
+    wins = sum(va[s] > vb[s] for s in shared)
+    if len(shared) >= 2:
+        d = [va[s] - vb[s] for s in shared]
+        half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+        return Difference(statistics.fmean(d), half, wins, len(shared), "paired")
+    sa, sb = stat(a, metric), stat(b, metric)
+    var = [(s.std**2 / s.n) if s.n > 1 else ((s.half / 1.96) ** 2 if s.half else None) for s in (sa, sb)]
+    if None in var:
+        return Difference(sa.mean - sb.mean, None, wins, len(shared), "no interval")
+    # Welch–Satterthwaite degrees of freedom; a one-run side (binomial SE) has infinitely many
+    tail = sum(v**2 / (s.n - 1) for v, s in zip(var, (sa, sb), strict=True) if s.n > 1)
+    df = sum(var) ** 2 / tail if tail else math.inf
+    return Difference(sa.mean - sb.mean, t975(df) * math.sqrt(sum(var)), wins, len(shared), "Welch")
+
+
+def ordering(a: Group, b: Group) -> str | None:
+    """'clipped_relu > relu: 3/3 seeds, +12.40 ± 2.10 pt (95 % CI, paired)' or '… not resolved …'."""
+    d = difference(a, b)
+    if d is None:
+        return None
+    if d.mean < 0:
+        a, b, d = b, a, difference(b, a)
+    seeds = f"{d.wins}/{d.pairs} seeds, " if d.pairs else ""
+    if d.half is None:
+        return (
+            f"{a.label} vs {b.label}: {seeds}{d.mean:+.2f} pt, no interval (one run, test-set size unknown)"
+        )
+    interval = f"{d.mean:+.2f} ± {d.half:.2f} pt (95 % CI, {d.how})"
+    if d.mean - d.half <= 0:
+        return f"{a.label} vs {b.label}: not resolved, {seeds}{interval}"
+    return f"{a.label} > {b.label}: {seeds}{interval}"
+
+
+def orderings(groups: list[Group]) -> list[str]:
+    """Every pair of groups that differ in exactly one grouping key, ordered with its uncertainty."""
+    lines = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            if sum(x != y for x, y in zip(a.key, b.key, strict=True)) == 1 and (line := ordering(a, b)):
+                lines.append(line)
+    return lines
+
+
+def figures(where: tuple, groups: list[Group], out: Path) -> list[str]:
+    """One figure per bit width of the block: val top-1 and train loss per epoch, a curve per group (mean, band
+    min–max over seeds); colour by STE, line style by the group's rank among those of its STE."""
+    parts = []
+    for bits in dict.fromkeys(g.bits for g in groups):
+        mine = [g for g in groups if g.bits == bits]
+        curves = {g.label: [read_curves(r) for r in g.runs if r.status == "finished"] for g in mine}
+        styles = {g.label: (g.ste, sum(h.ste == g.ste for h in mine[: mine.index(g)])) for g in mine}
+        name = f"compare_{where[0]}_{where[1]}_{'fp' if bits is None else f'{bits}bit'}.png"
+        title = f"{where[0]} / {where[1]}, {'float' if bits is None else f'{bits}-bit'}: mean over seeds, band min–max"
+        plot_curves(curves, ("val/acc", "train/loss"), out / name, title, styles=styles)
+        parts.append(f"![{name}]({name})\n")
+    return parts
+
+
+def compare_section(runs: list[Run], out: Path) -> str:
+    """The report's first section: every (model, data) block compared by the keys that differ in it."""
+    found = blocks(runs)
+    if not found:
+        return "## Comparison\n\nNo finished or diverged runs to compare.\n"
+    parts = ["## Comparison\n", GUIDE]
+    for where, groups in found.items():
+        parts.append(
+            f"### {where[0]} on {where[1]}: {len(groups)} groups, {sum(len(g.runs) for g in groups)} runs\n"
+        )
+        parts.append(table(groups) + "\n")
+        lines = orderings(groups)
+        if lines:
+            parts.append(
+                "Orderings (pairs that differ in one key, final top-1):\n\n"
+                + "\n".join(f"- {x}" for x in lines)
+                + "\n"
+            )
+        parts += figures(where, groups, out)
+    return "\n".join(parts)
+
+
+GUIDE = (
+    "Runs are grouped by the config values that differ between them (seed aside: runs equal in everything else are "
+    "repeats of one group, one per seed; a repeated seed counts once, its newest run). Final and best top-1 and the "
+    "final train loss are mean ± sample std over the finished runs; the 95 % CI is Student's t over seeds, or, for "
+    "a single run, the binomial interval of its test accuracy (√(p(1−p)/N), N test images), labelled as such. "
+    "Orderings compare groups that differ in one key: paired over shared seeds, else Welch's interval; “not "
+    "resolved” when the interval contains 0.\n"
+)
