@@ -2,8 +2,10 @@
 integer runner, on the same normalised examples.
 
 Reported: top-1 of each, prediction agreement of each pair (%), the largest |logit difference| of each pair,
-and per quantized activation the fraction of its elements whose level differs from PyTorch's (the elements
-whose pre-activation lies within a float rounding error of a threshold, see src/deploy/onnx_graph.py).
+and per quantized activation the fraction of its elements whose level differs from PyTorch's: end to end, and
+"local", the integer layer fed PyTorch's levels of the layer before. The local ones are the ties: elements
+whose pre-activation lies within a float rounding error of a threshold (src/deploy/onnx_graph.py); end to end,
+each tie also changes the inputs of the layers after it, so the counts grow with depth.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from src.deploy.runner import decode_weights, run
 
 ENGINES = ("pytorch", "onnxruntime", "integer")
 PAIRS = (("onnxruntime", "pytorch"), ("integer", "pytorch"), ("onnxruntime", "integer"))
+# levels: end to end (a tie early on changes later layers' inputs), and "local": the integer form's layer run
+# on PyTorch's levels of the layer before, so that it counts this layer's own ties only
+LEVEL_PAIRS = (("onnxruntime", "pytorch"), ("integer", "pytorch"), ("local", "pytorch"))
 
 
 def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
@@ -61,7 +66,8 @@ def parity(model: nn.Module, ops, proto: onnx.ModelProto, program, arrays,
             logits["onnxruntime"] = clean.run(["logits"], {"input": xn})[0]
             ort_levels = dict(zip(acts, probed.run(level_names, {"input": xn})[1:], strict=True))
             logits["integer"], int_levels = run(program, arrays, xn, weights)
-            levels = {"pytorch": store, "onnxruntime": ort_levels, "integer": int_levels}
+            _, local = run(program, arrays, xn, weights, given=store)  # each layer from PyTorch's input
+            levels = {"pytorch": store, "onnxruntime": ort_levels, "integer": int_levels, "local": local}
             stats.add(logits, levels, y.numpy())
     finally:
         for h in handles:
@@ -78,7 +84,7 @@ class _Stats:
         self.agree = dict.fromkeys(PAIRS, 0)
         self.max_diff = dict.fromkeys(PAIRS, 0.0)
         self.elements = dict.fromkeys(values, 0)
-        self.mismatch = {v: dict.fromkeys(PAIRS[:2], 0) for v in values}
+        self.mismatch = {v: dict.fromkeys(LEVEL_PAIRS, 0) for v in values}
 
     def add(self, logits: dict, levels: dict, labels: np.ndarray) -> None:
         preds = {e: logits[e].argmax(1) for e in ENGINES}
@@ -90,7 +96,7 @@ class _Stats:
             self.max_diff[a, b] = max(self.max_diff[a, b], float(np.abs(logits[a] - logits[b]).max()))
         for v in self.elements:
             self.elements[v] += levels["pytorch"][v].size
-            for a, b in PAIRS[:2]:
+            for a, b in LEVEL_PAIRS:
                 self.mismatch[v][a, b] += int((levels[a][v] != levels[b][v]).sum())
 
     def summary(self) -> dict:

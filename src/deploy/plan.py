@@ -96,6 +96,16 @@ def plan_model(model: nn.Module) -> list[Op]:
     if ops[-1].kind != "linear" or ops[-1].act is not None:
         raise ExportError("the model does not end with a linear layer (the logits)")
     ops[-1].out = "logits"
+    return _name_activations(ops, model)
+
+
+def _name_activations(ops: list[Op], model: nn.Module) -> list[Op]:
+    """Each activation's output named by its QuantReLU's module path ("2", "3.act"): the diag/<layer> names."""
+    paths = {id(m): name for name, m in model.named_modules()}
+    rename = {op.out: paths[id(op.module)] for op in ops if op.module is not None}
+    for op in ops:
+        op.src, op.out = rename.get(op.src, op.src), rename.get(op.out, op.out)
+        op.residual = rename.get(op.residual, op.residual)
     return ops
 
 

@@ -30,8 +30,15 @@ def decode_weights(program: list[dict], arrays: dict) -> dict[str, np.ndarray]:
     return weights
 
 
-def run(program: list[dict], arrays: dict, x: np.ndarray, weights: dict | None = None):
-    """(logits float32 (N, classes), {value: levels uint8}) for the normalised float input x (N, C, H, W)."""
+def run(
+    program: list[dict], arrays: dict, x: np.ndarray, weights: dict | None = None, given: dict | None = None
+):
+    """(logits float32 (N, classes), {value: levels uint8}) for the normalised float input x (N, C, H, W).
+
+    ``given`` {value: levels}: each later op reads these instead of the levels computed here, so a layer's
+    levels differ from another engine's only by its own ties, not by those of the layers before it.
+    """
+    given = given or {}
     weights = weights if weights is not None else decode_weights(program, arrays)
     values: dict[str, np.ndarray] = {"input": x.astype(np.float64)}
     levels = {}
@@ -50,7 +57,8 @@ def run(program: list[dict], arrays: dict, x: np.ndarray, weights: dict | None =
                     acc, values[op["residual"]["src"]], op["residual"], arrays[f"{key}.multiplier"]
                 )
             if f"{key}.thresholds" in arrays:
-                values[op["out"]] = levels[op["out"]] = multithreshold(acc, arrays[f"{key}.thresholds"])
+                levels[op["out"]] = multithreshold(acc, arrays[f"{key}.thresholds"])
+                values[op["out"]] = given.get(op["out"], levels[op["out"]])
             else:
                 values[op["out"]] = (acc * arrays[f"{key}.scale"] + arrays[f"{key}.bias"]).astype(np.float32)
     return values["logits"], levels
