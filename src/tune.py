@@ -1,12 +1,17 @@
 """Tune one run's optimizer: ``python -m src.tune --out DIR [--trials N] [--sampler-seed S] <src.train overrides>``.
 
-Optuna's TPE sampler (seeded) searches the ranges of conf/hparams_search/<space>.yaml. Each trial is one ordinary
+Optuna's TPE sampler searches the ranges of conf/hparams_search/<space>.yaml, seeded per study: the base seed plus
+a stable hash of the model, STE and bits (``study_seed``), so each STE's study draws its own random start-up points.
+Trial 0 of every study is the run config's own values (the paper's lr and weight decay). Each trial is one ordinary
 run, the config ``python -m src.train <overrides>`` composes plus the trial's values, trained by src.train.train
 in <out>/trial<N>_<run_name>/ with the usual run files; its objective is that run's best validation top-1
 (summary.json ``val_acc_best``). Validation must be a holdout of the training set (``data.holdout=N``): selecting
-on the test set is refused. A diverged trial is PRUNED (TPE ranks it below every finished one) and a crashed one
-FAIL; neither stops the study. The study lives in <out>/study.db (SQLite): the same command again continues it,
-first the trial a kill cut off (src.train resumes its run from the last checkpoint). <out>/tuning.json sums it up
+on the test set is refused. Optuna's MedianPruner stops a trial whose holdout top-1 after an epoch is below the
+median of the earlier trials' at that epoch (``Pruning``; its summary.json says ``pruned``); a diverged trial is
+PRUNED too (TPE ranks it below every finished one) and a crashed one FAIL; none stops the study. The winner is
+chosen with the holdout's standard error in view (``select``): trials within one SE of the best tie, and the tie
+goes to the trial nearest the default. The study lives in <out>/study.db (SQLite): the same command again
+continues it, first the trial a kill cut off (src.train resumes its run from the last checkpoint). <out>/tuning.json sums it up
 after every trial.
 
 Why not the hydra-optuna-sweeper plugin: it pins optuna<3 (2.10.1), whose SQLite storage fails under SQLAlchemy 2
@@ -17,30 +22,41 @@ cannot retrain the winner on the full training set. Its in-memory sweep does run
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
 
 import optuna
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import FloatDistribution
+from optuna.pruners import MedianPruner
 from optuna.trial import TrialState
 
 from src.config import ConfigError, validate
 from src.provenance import REPO
 from src.reproduce import pipeline_lock
-from src.rundir import SaveError, atomic_write
-from src.train import DONE, read_json, record_failure, train
+from src.rundir import SaveError
+from src.runs import DONE, read_json, write_json
+from src.runs import write_tuning as save_tuning
+from src.train import record_failure, train
 
 SPACES = REPO / "conf" / "hparams_search"
 STUDY = "tune"  # the study's name inside study.db
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # count towards n_trials
+PRUNED = "pruned"  # summary.json status of a trial run the pruner stopped (not run again, like DONE)
+RULE = (
+    "SE = sqrt(p(1-p)/n) of the best trial's holdout top-1 p on n holdout examples; every finished trial within "
+    "one SE of the best ties; the tie goes to the trial nearest the default (Euclidean distance in log10 of each "
+    "log-scaled key, in units of its range otherwise), then the higher score"
+)
 log = logging.getLogger(__name__)
 
 
@@ -67,9 +83,18 @@ def compose_run(overrides: list[str], run_dir: Path, number: int = 0) -> DictCon
     return cfg
 
 
-def trial_config(out: Path, number: int, overrides: list[str], params: dict) -> DictConfig:
-    """Trial ``number``'s run config: the overrides plus its values, in <out>/trial<N>_<run_name>/."""
-    cfg = compose_run(overrides + [f"{key}={value!r}" for key, value in params.items()], out, number)
+def trial_config(out: Path, number: int, overrides: list[str], params: dict, space: dict) -> DictConfig:
+    """Trial ``number``'s run config: the overrides plus its values, in <out>/trial<N>_<run_name>/, with the
+    study's pruning callback (callbacks are not part of a run's identity)."""
+    pruner = ",".join(f"{k}:{v}" for k, v in pruner_args(space).items())
+    callback = [
+        "+callbacks.pruning._target_=src.tune.Pruning",
+        f"+callbacks.pruning.storage={storage_url(out)}",
+        f"+callbacks.pruning.number={number}",
+        f"+callbacks.pruning.pruner={{{pruner}}}",
+    ]
+    trial = [f"{key}={value!r}" for key, value in params.items()]
+    cfg = compose_run(overrides + trial + callback, out, number)
     with read_write(cfg.hydra):  # set_config made it read-only; run_name could resolve only after it
         cfg.hydra.runtime.output_dir = str(out / f"trial{number}_{cfg.run_name}")
     HydraConfig.instance().set_config(cfg)
@@ -86,16 +111,41 @@ def check_base(cfg: DictConfig, overrides: list[str], space: dict) -> None:
     for key in space["params"]:
         if OmegaConf.select(cfg, key) is None or key in fixed:
             raise ConfigError(f"searched key {key} must be in the run config and not set by an override")
+        r, value = space["params"][key], OmegaConf.select(cfg, key)
+        if not r["low"] <= value <= r["high"]:  # trial 0 runs the config's own value: a point of the space
+            raise ConfigError(
+                f"{key}={value} (the config's, tried first) is outside [{r['low']}, {r['high']}]"
+            )
     instantiate(cfg.data).prepare_data()  # a holdout or subset larger than the data fails here, in one line
 
 
-def open_study(out: Path, overrides: list[str], space: dict) -> optuna.Study:
-    """<out>/study.db's study, created or loaded; one made with other overrides or ranges is refused."""
+def storage_url(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def study_seed(base_seed: int, cfg: DictConfig) -> tuple[int, str]:
+    """This study's TPE seed and the key it comes from: the base seed (--sampler-seed) plus a stable hash of what
+    the study tunes (model, STE, bits). Each STE's study draws its own random start-up points (one seed for all
+    gave every STE the same design); the same study always draws the same ones."""
+    key = f"{cfg.model.name}/{cfg.ste.name}/{cfg.quant.bits}bit"
+    return (base_seed + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)) % 2**31, key
+
+
+def defaults(cfg: DictConfig, space: dict) -> dict:
+    """The run config's own value of every searched key (the paper's lr and weight decay): every study's trial 0."""
+    return {key: OmegaConf.select(cfg, key) for key in space["params"]}
+
+
+def pruner_args(space: dict) -> dict:
+    """MedianPruner's arguments (conf/hparams_search: pruner; Optuna's defaults where absent)."""
+    return {"n_startup_trials": 5, "n_warmup_steps": 0} | dict(space.get("pruner") or {})
+
+
+def open_study(out: Path, overrides: list[str], space: dict, base: DictConfig) -> optuna.Study:
+    """<out>/study.db's study, created or loaded; one made with other overrides or ranges is refused. A new study
+    gets the run config's own values (``defaults``) enqueued as its first trial."""
     out.mkdir(parents=True, exist_ok=True)
-    storage, spec = (
-        f"sqlite:///{(out / 'study.db').resolve()}",
-        {"overrides": overrides, "params": space["params"]},
-    )
+    storage, spec = storage_url(out), {"overrides": overrides, "params": space["params"]}
     study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize", load_if_exists=True)
     for key, value in spec.items():
         if study.user_attrs.get(key, value) != value:
@@ -103,20 +153,30 @@ def open_study(out: Path, overrides: list[str], space: dict) -> optuna.Study:
                 f"{out} holds a study with other {key} ({study.user_attrs[key]}): use another --out"
             )
         study.set_user_attr(key, value)
-    # seeded by sampler_seed + trials so far: a resumed study does not draw its first trials' values again
+    # seeded by the study's seed + trials so far: a resumed study does not draw its first trials' values again
+    seed, _ = study_seed(space["sampler_seed"], base)
     sampler = optuna.samplers.TPESampler(
-        seed=space["sampler_seed"] + len(study.trials), n_startup_trials=space["n_startup_trials"]
+        seed=seed + len(study.trials), n_startup_trials=space["n_startup_trials"]
     )
-    return optuna.create_study(storage=storage, study_name=STUDY, sampler=sampler, load_if_exists=True)
+    pruner = MedianPruner(**pruner_args(space))
+    study = optuna.create_study(
+        storage=storage, study_name=STUDY, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+    if not study.trials:
+        study.enqueue_trial(defaults(base, space))
+    return study
 
 
-def run_trial(study: optuna.Study, out: Path, number: int, params: dict, overrides: list[str]) -> None:
+def run_trial(
+    study: optuna.Study, out: Path, number: int, params: dict, overrides: list[str], space: dict
+) -> None:
     """Train trial ``number`` (or read its summary, if a kill came after the run but before the study heard of
-    it) and tell the study. A kill or a failed save leaves it RUNNING, for the next start to resume."""
-    cfg = trial_config(out, number, overrides, params)
+    it) and tell the study. A kill or a failed save leaves it RUNNING, for the next start to resume. A run the
+    pruner stopped (Pruning) has its summary.json status set to ``pruned`` and is told PRUNED."""
+    cfg = trial_config(out, number, overrides, params, space)
     run_dir = Path(cfg.paths.output_dir)
     summary = read_json(run_dir / "summary.json")
-    if summary.get("status") not in DONE:
+    if summary.get("status") not in (*DONE, PRUNED):
         try:
             summary = train(cfg)
         except SaveError:
@@ -125,6 +185,9 @@ def run_trial(study: optuna.Study, out: Path, number: int, params: dict, overrid
             log.error(traceback.format_exc())
             summary = {"status": "failed", "reason": f"error: crashed: {type(err).__name__}: {err}"}
             record_failure(cfg, run_dir, summary["reason"])
+    pruned = next(t for t in study.get_trials(deepcopy=False) if t.number == number).user_attrs.get(PRUNED)
+    if pruned and summary["status"] == "finished":
+        summary = mark_pruned(run_dir, summary, pruned)
     value = summary.get("val_acc_best")
     if summary["status"] == "finished" and value is not None:
         study.tell(number, value)
@@ -132,27 +195,71 @@ def run_trial(study: optuna.Study, out: Path, number: int, params: dict, overrid
         study.tell(number, state=TrialState.PRUNED if summary["status"] != "failed" else TrialState.FAIL)
 
 
+def mark_pruned(run_dir: Path, summary: dict, pruned: dict) -> dict:
+    """The trial run's summary.json with status ``pruned`` and why (the epoch and score the pruner stopped at)."""
+    reason = (
+        f"pruned by MedianPruner after epoch {pruned['epoch']}: holdout top-1 {pruned['value']:.2f} % below "
+        "the median of the earlier trials at that epoch"
+    )
+    summary = summary | {"status": PRUNED, "reason": reason}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+class Pruning(pl.Callback):
+    """Optuna pruning of one trial run: after each epoch's validation it reports the holdout top-1 (``monitor``) to
+    trial ``number`` of the study in ``storage``; when the study's MedianPruner (``pruner``: its arguments) says
+    so, it marks the trial (user attr ``pruned``: epoch and value) and stops the fit. Built from the run's config
+    (trial_config adds it), so src.train needs no Optuna; a kill loses nothing, the study.db has it all."""
+
+    def __init__(self, storage: str, number: int, pruner: dict | None = None, monitor: str = "val/acc"):
+        self.storage, self.number, self.pruner, self.monitor = storage, number, dict(pruner or {}), monitor
+        self._trial: optuna.Trial | None = None
+
+    def trial(self) -> optuna.Trial:
+        """The study's trial ``number``, loaded once, with the study's pruner."""
+        if self._trial is None:
+            study = optuna.load_study(
+                study_name=STUDY, storage=self.storage, pruner=MedianPruner(**self.pruner)
+            )
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == self.number)
+            self._trial = optuna.Trial(study, frozen._trial_id)  # ask-and-tell's trial, by its storage id
+        return self._trial
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or value is None or not math.isfinite(value):
+            return  # the start point's validation (before fit) is no epoch of training; a diverged run stops itself
+        epoch, trial = trainer.current_epoch + 1, self.trial()
+        trial.report(float(value), epoch)
+        if trial.should_prune():
+            trial.set_user_attr(PRUNED, {"epoch": epoch, "value": float(value)})
+            trainer.should_stop = True
+
+
 def tune(out: Path, overrides: list[str], space: dict) -> dict:
     """Run the study in ``out`` until space['n_trials'] trials have ended; return tuning.json's content."""
     base = compose_run(overrides, out)  # validated and described in tuning.json, never trained
     check_base(base, overrides, space)
-    study = open_study(out, overrides, space)
+    study = open_study(out, overrides, space, base)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # cut off by a kill
-        run_trial(study, out, trial.number, trial.params, overrides)
+        run_trial(study, out, trial.number, trial.params, overrides, space)
         write_tuning(out, study, space, base)
     grid = {key: FloatDistribution(r["low"], r["high"], log=r["log"]) for key, r in space["params"].items()}
     while len(study.get_trials(deepcopy=False, states=ENDED)) < space["n_trials"]:
-        trial = study.ask(grid)
-        run_trial(study, out, trial.number, trial.params, overrides)
+        trial = study.ask(grid)  # trial 0: the enqueued defaults
+        run_trial(study, out, trial.number, trial.params, overrides, space)
         write_tuning(out, study, space, base)
     return write_tuning(out, study, space, base)
 
 
 def write_tuning(out: Path, study: optuna.Study, space: dict, base: DictConfig) -> dict:
-    """<out>/tuning.json: what was tuned, how, every trial (params, value, state, run dir) and the best one."""
+    """<out>/tuning.json: what was tuned, how, every trial (params, value, state, run dir), the selection (best
+    trial, its SE, the ties, the chosen one: ``select``) and as ``best`` the chosen trial, which stage tuned retrains."""
     HydraConfig.instance().set_config(base)
     trials = [trial_record(out, trial, base.run_name) for trial in study.trials]
-    finished = [t for t in trials if t["state"] == "COMPLETE"]
+    seed, seed_key = study_seed(space["sampler_seed"], base)
+    selection = select(trials, defaults(base, space), space["params"])
     record = {
         "objective": "val_acc_best",  # best validation top-1 (%) over a trial's epochs, on data.holdout
         "direction": "maximize",
@@ -167,18 +274,55 @@ def write_tuning(out: Path, study: optuna.Study, space: dict, base: DictConfig) 
         "space": space["params"],
         "sampler": {
             "name": "TPESampler",
-            "seed": space["sampler_seed"],
+            "seed": seed,  # this study's own: base_seed + a stable hash of seed_key (study_seed)
+            "base_seed": space["sampler_seed"],
+            "seed_key": seed_key,
             "n_startup_trials": space["n_startup_trials"],
         },
+        "pruner": {"name": "MedianPruner", "on": "val/acc per epoch (holdout top-1)", **pruner_args(space)},
+        "default": defaults(base, space),  # enqueued as trial 0
         "n_trials": space["n_trials"],
         "complete": sum(t["state"] in {s.name for s in ENDED} for t in trials) >= space["n_trials"],
         "storage": "study.db",
         "wall_time_s": sum(t["wall_time_s"] or 0 for t in trials),
         "trials": trials,
-        "best": max(finished, key=lambda t: t["value"]) if finished else None,  # ties: the earliest trial
+        "selection": selection,
+        "best": next((t for t in trials if t["number"] == selection["chosen"]), None),  # the chosen trial
     }
-    atomic_write(out / "tuning.json", json.dumps(record, indent=2).encode())
+    save_tuning(out, record)
     return record
+
+
+def select(trials: list[dict], default: dict, ranges: dict) -> dict:
+    """The winner with the holdout's noise in view (``RULE``): best, its SE, the tie set and the chosen trial."""
+    finished = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if not finished:
+        return {"rule": RULE, "best_trial": None, "best_value": None, "se": None, "ties": [], "chosen": None}
+    best = max(finished, key=lambda t: t["value"])  # the earliest among equal scores
+    n, p = best.get("val_examples"), best["value"] / 100
+    se = 100 * math.sqrt(p * (1 - p) / n) if n else 0.0  # percentage points
+    ties = [t for t in finished if t["value"] >= best["value"] - se - 1e-9]
+    far = {t["number"]: distance(t["params"], default, ranges) for t in ties}
+    chosen = min(ties, key=lambda t: (far[t["number"]], -t["value"], t["number"]))
+    return {
+        "rule": RULE,
+        "best_trial": best["number"],
+        "best_value": best["value"],
+        "n_holdout": n,
+        "se": se,
+        "ties": [t["number"] for t in ties],
+        "distance": {str(k): d for k, d in far.items()},  # from the default, of each tied trial
+        "chosen": chosen["number"],
+    }
+
+
+def distance(params: dict, default: dict, ranges: dict) -> float:
+    """‖params − default‖: in log10 for a log-scaled key, in units of the range otherwise."""
+    total = 0.0
+    for key, r in ranges.items():
+        x, d = params[key], default[key]
+        total += math.log10(x / d) ** 2 if r["log"] else ((x - d) / (r["high"] - r["low"])) ** 2
+    return math.sqrt(total)
 
 
 def trial_record(out: Path, trial: optuna.trial.FrozenTrial, run_name: str) -> dict:
@@ -191,7 +335,9 @@ def trial_record(out: Path, trial: optuna.trial.FrozenTrial, run_name: str) -> d
         "params": trial.params,
         "value": trial.value,
         "run_dir": run_dir,
-        "run_status": summary.get("status"),  # the run's summary.json: finished, diverged or failed
+        "run_status": summary.get("status"),  # the run's summary.json: finished, diverged, pruned or failed
+        "intermediate": {str(k): v for k, v in trial.intermediate_values.items()},  # epoch: holdout top-1
+        "val_examples": summary.get("val_examples"),  # the holdout's n
         "reason": summary.get("reason"),
         "wall_time_s": summary.get("wall_time_s"),
     }

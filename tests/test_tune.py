@@ -1,11 +1,14 @@
-"""Per-STE tuning (src/tune.py) and its data: a 3-trial Optuna search on the tiny model offline, resuming an
-interrupted study, the holdout split (sizes, disjoint from training, deterministic, one-line errors) and the
-mnist_tune profile's tune / tuned stages."""
+"""Per-STE tuning (src/tune.py) and its data: a 3-trial Optuna search on the tiny model offline (trial 0 the
+config's own lr and weight decay), per-study sampler seeds, the one-SE tie rule, MedianPruner stopping a worse trial,
+resuming an interrupted study, the holdout split (sizes, disjoint from training, deterministic, one-line errors) and
+the mnist_tune profile's tune / tuned stages."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -18,10 +21,13 @@ import src.tune
 from src.config import ConfigError, validate
 from src.data.files import DataError
 from src.data.images import MNISTDataModule
-from src.tune import tune
+from src.runs import write_summary
+from src.train import run_config
+from src.tune import Pruning, compose_run, open_study, select, storage_url, tune
 from tests.conftest import REPO
 from tests.datafiles import write_mnist
 from tests.runs import FAST, data_overrides, fast_cfg, make_cfg
+from tests.test_profiles import expand
 
 # lr spans three decades so that the trials' accuracies differ; three random (startup) trials, seeded
 SPACE = {
@@ -51,16 +57,27 @@ def on_disk(out: Path, record: dict) -> list[dict]:
     return runs
 
 
-def test_three_trial_search_returns_the_best_trial(tmp_path):
+def test_three_trial_search_tries_the_default_first_and_selects_within_one_se(tmp_path):
     out = tmp_path / "study"
     record = tune(out, tiny_overrides(tmp_path), SPACE)
     runs = on_disk(out, record)
     assert [t["number"] for t in record["trials"]] == [0, 1, 2] and record["complete"]
     assert [t["state"] for t in record["trials"]] == ["COMPLETE"] * 3
+    # trial 0: the run config's own values (conf/optimizer/sgd.yaml), as composed without the search
+    assert record["trials"][0]["params"] == {"optimizer.lr": 0.01, "optimizer.weight_decay": 1e-4}
+    assert record["default"] == record["trials"][0]["params"]
     values = [run["val_acc_best"] for run in runs]
     assert len(set(values)) > 1  # the trials differ, so picking the best one is a real choice
-    best = values.index(max(values))
-    assert record["best"]["number"] == best and record["best"]["value"] == max(values)
+    best, sel = values.index(max(values)), record["selection"]
+    assert (
+        sel["best_trial"] == best
+        and sel["best_value"] == max(values)
+        and sel["n_holdout"] == runs[best]["val_examples"]
+    )
+    p = max(values) / 100
+    assert sel["se"] == pytest.approx(100 * math.sqrt(p * (1 - p) / sel["n_holdout"]))
+    assert sel["ties"] == [i for i, v in enumerate(values) if v >= max(values) - sel["se"] - 1e-9]
+    assert record["best"]["number"] == sel["chosen"] and sel["chosen"] in sel["ties"]
     for trial, run in zip(record["trials"], runs, strict=True):  # each trial trained with its own values
         assert run["config"]["optimizer"]["lr"] == trial["params"]["optimizer.lr"]
         assert run["config"]["optimizer"]["weight_decay"] == trial["params"]["optimizer.weight_decay"]
@@ -103,6 +120,115 @@ def test_tuning_refuses_to_select_on_the_test_set(tmp_path):
         tune(tmp_path / "study", tiny_overrides(tmp_path, "data.holdout=0"), SPACE)
     with pytest.raises(ConfigError, match="searched key optimizer.lr must be .* not set by an override"):
         tune(tmp_path / "study", tiny_overrides(tmp_path, "optimizer.lr=0.1"), SPACE)
+
+
+def first_draws(out: Path, overrides: list[str], count: int = 3) -> list[dict]:
+    """The first ``count`` trials' values a new study in ``out`` asks for (nothing trained)."""
+    base = compose_run(overrides, out)
+    study = open_study(out, overrides, SPACE, base)
+    grid = {
+        k: optuna.distributions.FloatDistribution(r["low"], r["high"], log=r["log"])
+        for k, r in SPACE["params"].items()
+    }
+    return [study.ask(grid).params for _ in range(count)]
+
+
+def test_each_ste_study_draws_its_own_start_up_points_after_the_default(tmp_path):
+    draws = {
+        (ste, again): first_draws(tmp_path / f"{ste}{again}", tiny_overrides(tmp_path, f"ste={ste}"))
+        for ste in ("identity", "relu")
+        for again in (0, 1)
+    }
+    default = {"optimizer.lr": 0.01, "optimizer.weight_decay": 1e-4}
+    assert all(d[0] == default for d in draws.values())  # trial 0 of every study: the config's values
+    assert draws["identity", 0][1:] == draws["identity", 1][1:]  # the same study draws the same points
+    randoms = [p for ste in ("identity", "relu") for p in draws[ste, 0][1:]]
+    assert len({tuple(p.values()) for p in randoms}) == 4  # identity's random points are not relu's
+
+
+def trial(number: int, lr: float, wd: float, value: float, n: int = 5000) -> dict:
+    """A tuning.json trial record, as src.tune.trial_record writes it."""
+    params = {"optimizer.lr": lr, "optimizer.weight_decay": wd}
+    return {"number": number, "state": "COMPLETE", "params": params, "value": value, "val_examples": n}
+
+
+def test_ties_within_one_se_go_to_the_trial_nearest_the_default():
+    ranges, default = SPACE["params"], {"optimizer.lr": 0.1, "optimizer.weight_decay": 1e-4}
+    # best 98.0 % on 5,000: SE = 100·√(0.98·0.02/5000) = 0.198 pt, so 97.85 ties and 97.7 does not
+    trials = [
+        trial(0, 0.1, 1e-4, 97.70),  # the default itself, just outside one SE
+        trial(1, 0.3, 1e-3, 98.00),  # the best: 0.48 + 1 decade away
+        trial(2, 0.05, 2e-4, 97.85),  # a tie, 0.3 + 0.3 decades away: the nearest tie
+        trial(3, 0.02, 1e-6, 97.90),  # a tie, farther (0.7 + 2 decades)
+        trial(4, 0.1, 1e-4, 99.0) | {"state": "PRUNED"},  # only finished trials count
+    ]
+    sel = select(trials, default, ranges)
+    assert sel["se"] == pytest.approx(100 * math.sqrt(0.98 * 0.02 / 5000))
+    assert (sel["best_trial"], sel["best_value"], sel["ties"], sel["chosen"]) == (1, 98.0, [1, 2, 3], 2)
+    assert sel["distance"]["2"] == pytest.approx(math.hypot(math.log10(2), math.log10(2)))
+    # a larger holdout shrinks the SE: then the best stands alone
+    assert select([t | {"val_examples": 100000} for t in trials], default, ranges)["ties"] == [1]
+    assert select([trials[4]], default, ranges)["chosen"] is None
+
+
+def fake_trainer(value: float, epoch: int = 0) -> SimpleNamespace:
+    """What Pruning reads of a Lightning trainer after an epoch's validation."""
+    state = SimpleNamespace(fn="fit")
+    metrics = {"val/acc": torch.tensor(value)}
+    return SimpleNamespace(callback_metrics=metrics, sanity_checking=False, state=state, current_epoch=epoch,
+                           should_stop=False)  # fmt: skip
+
+
+def study_with_finished(out: Path, scores: list[float]) -> optuna.Study:
+    """A study in out/study.db with finished trials whose epoch-1 holdout top-1 are ``scores``."""
+    out.mkdir(parents=True)
+    study = optuna.create_study(storage=storage_url(out), study_name="tune", direction="maximize")
+    dist = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    for score in scores:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"optimizer.lr": 0.1}, distributions=dist, value=score, intermediate_values={1: score}
+            )  # fmt: skip
+        )
+    return study
+
+
+def test_median_pruner_stops_a_clearly_worse_trial_only(tmp_path):
+    study = study_with_finished(tmp_path / "study", [80.0, 85.0, 90.0, 92.0, 95.0])  # median 90
+    for value, pruned in ((93.0, False), (20.0, True)):
+        number = study.ask().number
+        trainer = fake_trainer(value)
+        Pruning(storage_url(tmp_path / "study"), number).on_validation_end(trainer, None)
+        frozen = study.get_trials()[number]
+        assert trainer.should_stop is pruned and frozen.intermediate_values == {1: value}
+        assert frozen.user_attrs.get("pruned") == ({"epoch": 1, "value": 20.0} if pruned else None)
+    fewer = study_with_finished(tmp_path / "fewer", [80.0, 95.0])  # under n_startup_trials = 5: never pruned
+    trainer = fake_trainer(1.0)
+    Pruning(storage_url(tmp_path / "fewer"), fewer.ask().number).on_validation_end(trainer, None)
+    assert not trainer.should_stop
+
+
+def test_a_pruned_trial_stops_after_its_first_epoch_and_its_summary_says_so(tmp_path):
+    """Five finished trials at 99 % after epoch 1: the tiny model's trial 0 is pruned there, not trained on."""
+    overrides = [o for o in tiny_overrides(tmp_path) if o != "trainer.max_epochs=1"] + [
+        "trainer.max_epochs=2"
+    ]
+    out = tmp_path / "study"
+    study = open_study(out, overrides, SPACE, compose_run(overrides, out))  # trial 0 (the default) enqueued
+    grid = {
+        k: optuna.distributions.FloatDistribution(r["low"], r["high"], log=r["log"])
+        for k, r in SPACE["params"].items()
+    }
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.1, "optimizer.weight_decay": 1e-4},
+                        distributions=grid, value=99.0, intermediate_values={1: 99.0}))  # fmt: skip
+    record = tune(out, overrides, SPACE | {"n_trials": 6})
+    pruned = record["trials"][0]
+    summary = json.loads((out / pruned["run_dir"] / "summary.json").read_text())
+    assert pruned["state"] == "PRUNED" and pruned["run_status"] == "pruned" and summary["status"] == "pruned"
+    assert summary["epochs"] == 1 and summary["max_epochs"] == 2 and list(pruned["intermediate"]) == ["1"]
+    assert summary["reason"].startswith("pruned by MedianPruner after epoch 1: holdout top-1 ")
+    assert record["selection"]["chosen"] != 0 and record["complete"]
 
 
 # --- the holdout split ------------------------------------------------------------------------------------
@@ -175,19 +301,13 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
     launched, studies = {}, []
 
     def fake_hydra(stage_dir: Path, args: list[str], launcher) -> None:
-        job = dict(a.split("=", 1) for a in args if not a.startswith("seed="))
-        launched.setdefault(stage_dir.name, []).append(args)
-        run = stage_dir / f"run{len(list(stage_dir.glob('run*')))}"
-        run.mkdir(parents=True)
-        bits = None if job.get("quant") == "fp" else int(job["quant.bits"])
-        summary = {"experiment": job["experiment"], "seed": 0, "tag": job.get("tag"), "bits": bits}
-        summary |= {
-            "ste": job.get("ste"),
-            "status": "finished",
-            "diverged": False,
-            "checkpoint": f"{run}/c.ckpt",
-        }
-        (run / "summary.json").write_text(json.dumps(summary))
+        for job in expand(args):  # a sweep (ste=a,b,c): one run per job
+            launched.setdefault(stage_dir.name, []).append(job)
+            run = stage_dir / f"run{len(list(stage_dir.glob('run*')))}"
+            run.mkdir(parents=True)
+            cfg = make_cfg(run, job)  # recorded by the real writer: later stages find the run by its identity
+            fields = {"status": "finished", "diverged": False, "checkpoint": f"{run}/c.ckpt"}
+            write_summary(run, run_config(cfg), cfg.hydra.runtime.choices, fields)
 
     def fake_tune(where: Path, cmd: list[str], args: list[str]):
         studies.append((where, cmd))
@@ -196,7 +316,7 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
             "value": 99.0,
         }
         where.mkdir(parents=True)
-        (where / "tuning.json").write_text(json.dumps({"complete": True, "n_trials": 6, "best": best}))
+        (where / "tuning.json").write_text(json.dumps({"complete": True, "n_trials": 20, "best": best}))
         return 0, where / "log"
 
     monkeypatch.setattr(reproduce, "run_hydra", fake_hydra)
@@ -211,7 +331,7 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
         f"tune/lenet5_mnist/{ste}-2bit" for ste in ("identity", "relu", "clipped_relu")
     ]
     for where, cmd in studies:
-        assert cmd[1:5] == ["-m", "src.tune", f"--out={where}", "--trials=6"]
+        assert cmd[1:5] == ["-m", "src.tune", f"--out={where}", "--trials=20"]
         cfg = make_cfg(tmp_path / "compose", cmd[5:])  # what each trial composes, before its own values
         assert cfg.data.holdout == 5000 and cfg.data.train_subset == 20000 and cfg.trainer.max_epochs == 2
         assert cfg.init.checkpoint == fp and cfg.quant.bits == 2 and list(cfg.scheduler.milestones) == [1]
