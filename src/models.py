@@ -193,3 +193,6 @@ class TwoLayer(nn.Module):
 
 
 register("two_layer")(TwoLayer)
+
+
+import src.models_imagenet  # noqa: E402, F401  (registers resnet18; ImageNet models live there)
