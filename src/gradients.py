@@ -97,7 +97,7 @@ def summarise(grads: Grads) -> dict:
         "cosine": {
             a: {b: finite(cosine(list(grads[a].values()), list(grads[b].values()))) for b in labels}
             for a in labels
-        },  # fmt: skip
+        },
         "layer_cosine": {
             a: {
                 b: {n: finite(cosine([grads[a][n]], [grads[b][n]])) for n in grads[a]}
