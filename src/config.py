@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import logging
 import math
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from src.models import COMPILE_MODES, MODELS
 from src.quant import get_ste, resolve_alpha
@@ -32,7 +35,32 @@ def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None, wquant=
         activation = "fp" if bits is None else f"{ste}-{bits}bit"
     else:
         activation = f"w{weights}afp" if bits is None else f"{ste}-w{weights}a{bits}"
-    return f"{model}-{data}-{activation}-s{seed}" + (f"-{tag}" if tag else "")
+    name = f"{model}-{data}-{activation}-s{seed}" + (f"-{tag}" if tag else "")
+    check_name(name, "run_name")  # it becomes a directory: refused here, before Hydra makes it
+    return name
+
+
+# A name that becomes one path component (tag, run_name): printable, no separator, no "..", no leading "." or
+# "-" (hidden files, options), at most NAME_MAX characters; what else a file system refuses is its own error.
+NAME_MAX = 200
+
+
+def check_name(value, key: str) -> None:
+    """Raise a one-line ConfigError unless ``value`` is safe as a single path component."""
+    text = str(value)
+    bad = (
+        not text
+        or len(text) > NAME_MAX
+        or not text.isprintable()
+        or any(c.isspace() or c in '/\\:*?"<>|' for c in text)
+        or ".." in text
+        or text[0] in ".-"
+    )
+    _check(
+        not bad,
+        f"{key} must be a plain name (letters, digits, . _ - + = @, at most {NAME_MAX} characters, no "
+        f"path separator, no '..', not starting with . or -), got {value!r}",
+    )
 
 
 def sweep_group() -> str | None:
@@ -63,7 +91,7 @@ def register_resolvers() -> None:
 
 # Root keys a run config may hold: conf/train.yaml's and Hydra's.
 ROOT_KEYS = frozenset(
-    {"seed", "tag", "run_name", "paths", "init", "resume", "callbacks", "hydra"}
+    {"seed", "tag", "tags", "run_name", "paths", "init", "resume", "callbacks", "hydra"}
     | {"model", "data", "ste", "quant", "wquant", "optimizer", "scheduler", "trainer", "logger"}
     | {"divergence", "share"}
 )
@@ -116,7 +144,12 @@ def validate(cfg: DictConfig) -> None:
     """Check everything a run needs before any work starts; raise ConfigError with one line otherwise."""
     unknown = sorted(set(cfg) - ROOT_KEYS)
     _check(not unknown, f"unknown root key(s) {', '.join(unknown)}; valid: {', '.join(sorted(ROOT_KEYS))}")
-    _check(_is_int(cfg.seed) and cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed!r}")
+    _check(
+        _is_int(cfg.seed) and 0 <= cfg.seed <= SEED_MAX,
+        f"seed must be an integer in [0, {SEED_MAX}], got {cfg.seed!r}",
+    )
+    validate_names(cfg)
+    validate_small_groups(cfg)
     validate_activation(cfg)
     validate_weights(cfg)
     validate_model(cfg)
@@ -130,12 +163,157 @@ def validate(cfg: DictConfig) -> None:
         for name, node in cfg[group].items():
             if node:  # a logger or callback switched off is null
                 check_arguments(node, f"{group}.{name}")
+    for name, node in cfg.callbacks.items():  # their constructors check their knobs (every_n_epochs=0)
+        if node:
+            _construct(f"callbacks.{name}", node)
+    validate_trainer(cfg)
+    if cfg.resume is not None:
+        check_resume_target(cfg.resume)
     for key in ("init.checkpoint", "resume"):
         path = OmegaConf.select(cfg, key)
         if path is not None:
             check_checkpoint(path, key)
     two_layer, gaussian = cfg.model.name == "two_layer", "GaussianDataModule" in cfg.data._target_
     _check(two_layer == gaussian, "model=two_layer goes with data=gaussian (and only with it)")
+    validate_build(cfg)
+
+
+def validate_job(config: DictConfig) -> None:
+    """validate() for Hydra's on_run_start, before Hydra makes the run dir and writes .hydra/ into it: the
+    config as the job will see it (its output dir is hydra.run.dir), on a copy."""
+    try:
+        run_dir = config.hydra.run.dir
+    except Exception as err:  # noqa: BLE001 - run_name's resolver refused a name, inside OmegaConf's wrapper
+        raise config_error(err) from None
+    cfg = copy.deepcopy(config)  # keeps the hydra node's structured type, which HydraConfig requires
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.runtime.output_dir = run_dir
+    HydraConfig.instance().set_config(cfg)
+    try:
+        validate(cfg)
+    finally:
+        HydraConfig.instance().set_config(config)
+
+
+def validate_build(cfg: DictConfig) -> None:
+    """Build the datamodule (its constructor checks mean/std per channel and the like; it reads no file) and
+    the model on its input shape, so a value only they reject (resnet depth 7) is one line, not a traceback."""
+    datamodule = _construct("data", cfg.data)
+    act, wquant = instantiate(cfg.quant), instantiate(cfg.wquant)
+    shape, classes = datamodule.input_shape, datamodule.num_classes
+    _construct("model", cfg.model, act=act, wquant=wquant, in_shape=shape, num_classes=classes)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+# Root groups without a _target_: the keys each may hold.
+SMALL_GROUPS = {
+    "init": {"checkpoint"},
+    "divergence": {"max_loss"},
+    "share": {"threads", "gpu_memory_fraction"},
+    "paths": {"data_dir", "output_dir"},
+}
+
+
+def validate_names(cfg: DictConfig) -> None:
+    """tag and run_name become directory names: checked before any directory is made."""
+    if cfg.tag is not None:
+        _check(
+            isinstance(cfg.tag, str | int) and not isinstance(cfg.tag, bool),
+            f"tag must be a name, got {cfg.tag!r}",
+        )
+        check_name(cfg.tag, "tag")
+    try:
+        name = cfg.run_name
+    except Exception as err:  # noqa: BLE001 - the resolver's ConfigError, inside OmegaConf's wrapper
+        raise config_error(err) from None
+    check_name(name, "run_name")
+
+
+def config_error(err: BaseException) -> ConfigError:
+    """The ConfigError inside a wrapper (Hydra's instantiate, OmegaConf's resolvers), else the error's first
+    line as one."""
+    cause = err
+    while cause is not None and not isinstance(cause, ConfigError):
+        cause = cause.__cause__ or cause.__context__
+    return cause or ConfigError(" ".join(str(err).split()))
+
+
+def validate_small_groups(cfg: DictConfig) -> None:
+    """init, divergence, share and paths: known keys only; divergence.max_loss a finite number > 0."""
+    for group, keys in SMALL_GROUPS.items():
+        node = cfg.get(group)
+        _check(
+            isinstance(node, DictConfig),
+            f"{group} must be a group of keys ({', '.join(sorted(keys))}), got {node!r}",
+        )
+        unknown = sorted(set(node) - keys)
+        _check(
+            not unknown,
+            f"unknown key(s) {', '.join(f'{group}.{k}' for k in unknown)}; valid: {', '.join(sorted(keys))}",
+        )
+    for key in ("paths.data_dir", "init.checkpoint", "resume"):
+        value = OmegaConf.select(cfg, key)
+        _check(value is None or isinstance(value, str), f"{key} must be a path, got {value!r}")
+    max_loss = cfg.divergence.max_loss
+    _number(max_loss, "divergence.max_loss")
+    _check(max_loss > 0, f"divergence.max_loss must be > 0 (a loss above it stops the run), got {max_loss!r}")
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    """accelerator, devices, precision and the rest as Lightning itself checks them: a Trainer is built (and
+    dropped) with no logger or callback, so e.g. trainer.accelerator=tpu or devices=0 fail here in one line."""
+    quiet = logging.getLogger(
+        "pytorch_lightning.utilities.rank_zero"
+    )  # its "GPU available" lines: in the run
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # its warnings (SLURM's srun hint) come once, from the run's Trainer
+            warnings.simplefilter("ignore")
+            _construct("trainer", cfg.trainer, logger=False, callbacks=[], plugins=[])
+    finally:
+        quiet.setLevel(level)
+
+
+def _construct(key: str, node: DictConfig, **kwargs):
+    """instantiate(node, **kwargs), with whatever the constructor rejects as one line naming ``key``."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, Lightning's MisconfigurationException
+        cause = err.__cause__ or err  # Hydra's InstantiationException wraps the constructor's error
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        text = " ".join(str(cause).split())
+        raise ConfigError(text if text.startswith(key) else f"{key}: {text}") from None
+
+
+def check_resume_target(resume: str) -> None:
+    """``resume`` names an existing run dir or a checkpoint inside one (<run dir>/checkpoints/<file>.ckpt):
+    the run continues in that dir, so nothing else is accepted, and nothing is created for a wrong path."""
+    path = Path(resume).expanduser()
+    _check(path.exists(), f"resume: no run dir or checkpoint at {resume}")
+    if path.is_file():
+        _check(
+            path.parent.name == "checkpoints",
+            f"resume: {resume} is not inside a run dir (<run dir>/checkpoints/<file>.ckpt) and a resumed run "
+            f"continues in its own dir; to start a new run from its weights use init.checkpoint={resume}",
+        )
+
+
+def first_difference(old: DictConfig, new: DictConfig, keys) -> tuple[str, object, object] | None:
+    """The first leaf (dotted key) under ``keys``, in that order, whose value differs, with both values."""
+    for key in keys:
+        a, b = OmegaConf.select(old, key), OmegaConf.select(new, key)
+        if isinstance(a, DictConfig) and isinstance(b, DictConfig):
+            found = first_difference(a, b, sorted(set(a) | set(b), key=str))
+            if found:
+                return f"{key}.{found[0]}", found[1], found[2]
+        elif a != b:
+            plain = [
+                OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v for v in (a, b)
+            ]
+            return key, plain[0], plain[1]
+    return None
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
@@ -154,8 +332,23 @@ def validate_optimizer(cfg: DictConfig) -> None:
     )
     check_arguments(cfg.optimizer, "optimizer")
     check_arguments(cfg.scheduler, "scheduler")
+    check_milestones(cfg.scheduler, "scheduler")
     optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     _build("scheduler", cfg.scheduler, optimizer)
+
+
+def check_milestones(node: DictConfig, key: str) -> None:
+    """Every ``milestones`` in the scheduler (nested ones too): increasing epochs >= 1. torch takes any iterable,
+    so milestones=abc would count the letters and never decay."""
+    for name, value in node.items():
+        if isinstance(value, DictConfig):
+            check_milestones(value, f"{key}.{name}")
+        elif name == "milestones":
+            ok = isinstance(value, ListConfig) and all(_is_int(m) and m >= 1 for m in value)
+            ok = ok and list(value) == sorted(set(value))
+            _check(
+                ok, f"{key}.milestones must be a list of increasing epochs >= 1, e.g. [80,140], got {value!r}"
+            )
 
 
 def _build(key: str, node: DictConfig, argument):
@@ -188,6 +381,15 @@ def validate_model(cfg: DictConfig) -> None:
     knobs = {"channels_last", "compile", "compile_mode"}  # build_model's, not the architecture's
     sizes = {k: cfg.model[k] for k in cfg.model if k not in HYDRA_KEYS | {"name"} | knobs}
     _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
+    for name, value in sizes.items():  # widths, depths, channels: a layer of -3 units is no model
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        ok = all(_is_int(v) and v >= 1 or v == "M" for v in values)  # "M": VGG's max-pool marker
+        if (
+            isinstance(value, int | float | ListConfig)
+            and not isinstance(value, bool)
+            and name != "init_scale"
+        ):
+            _check(ok, f"model.{name} must be a positive integer (or a list of them), got {value!r}")
     for knob in ("channels_last", "compile"):
         value = cfg.model.get(knob, False)
         _check(isinstance(value, bool), f"model.{knob} must be true or false, got {value!r}")
@@ -218,6 +420,9 @@ def _check_keys(target, values: dict, key: str, skip=frozenset(), strict: bool =
         raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {listed}")
     for name, value in values.items():
         default = named[name].default if name in named else None
+        # `data.augment=maybe` would be truthy: a boolean argument takes true or false
+        if isinstance(default, bool) and value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}.{name} must be true or false, got {value!r}")
         # a string where the default is a number: `scheduler.gamma=abc` would fail only at the first step
         if (
             isinstance(default, int | float)

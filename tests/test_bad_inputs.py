@@ -28,7 +28,7 @@ REFETCH = (
 )
 ROOT_KEYS = (
     "callbacks, data, divergence, hydra, init, logger, model, optimizer, paths, quant, resume, run_name, "
-    "scheduler, seed, share, ste, tag, trainer, wquant"
+    "scheduler, seed, share, ste, tag, tags, trainer, wquant"
 )
 # (overrides of a tiny CIFAR-shaped run, the exact line); {data} is the test's data root
 CASES = [
@@ -55,8 +55,8 @@ CASES = [
     ("trainer.max_epochs=2.5", "trainer.max_epochs must be an integer, got 2.5"),
     ("trainer.max_epochs=true", "trainer.max_epochs must be an integer, got True"),
     ("+trainer.foo=1", "unknown key(s) trainer.foo; valid: see Trainer's arguments"),
-    ("seed=true", "seed must be an integer >= 0, got True"),
-    ("seed=1.5", "seed must be an integer >= 0, got 1.5"),
+    ("seed=true", "seed must be an integer in [0, 4294967295], got True"),
+    ("seed=1.5", "seed must be an integer in [0, 4294967295], got 1.5"),
     ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
     ("data.batch_size=2.5", "data.batch_size must be an integer, got 2.5"),
     ("data.val_batch_size=abc", "data.val_batch_size must be an integer, got 'abc'"),
@@ -111,14 +111,15 @@ def test_bad_value_is_one_exact_line(tmp_path, override, expected):
 
 
 def checkpoints(tmp_path: Path) -> dict[str, Path]:
-    """A good zip-format checkpoint, the same cut in half, junk bytes, one without state_dict, an empty dir."""
+    """A good zip-format checkpoint, the same cut in half, junk bytes, one without state_dict (each in a run
+    dir's checkpoints/, where resume= accepts a file), an empty dir."""
     good = tmp_path / "run" / "checkpoints" / "last.ckpt"
     good.parent.mkdir(parents=True)
     torch.save({"state_dict": {"w": torch.zeros(100, 100)}, "epoch": 3}, good)
-    paths = {"good": good, "truncated": tmp_path / "cut.ckpt", "junk": tmp_path / "junk.ckpt"}
+    paths = {"good": good, "truncated": good.parent / "cut.ckpt", "junk": good.parent / "junk.ckpt"}
     paths["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     paths["junk"].write_bytes(b"<html>not found</html>")
-    paths["no_state_dict"] = tmp_path / "weights.pt"
+    paths["no_state_dict"] = good.parent / "weights.pt"
     torch.save({"w": torch.zeros(3)}, paths["no_state_dict"])
     paths["empty_dir"] = tmp_path / "empty"
     paths["empty_dir"].mkdir()
@@ -229,7 +230,7 @@ DOC_EXTRA = [
     ("tiny", "data.download=false paths.data_dir=/nonexistent", None),
     ("tiny", "init.checkpoint=/nonexistent/last.ckpt", None),
     ("tiny", "resume={tmp}/empty", "empty_dir"),
-    ("tiny", "init.checkpoint={tmp}/cut.ckpt", "truncated_ckpt"),
+    ("tiny", "init.checkpoint={tmp}/run/checkpoints/cut.ckpt", "truncated_ckpt"),
     ("lenet5", "", "truncate MNIST/raw/t10k-images-idx3-ubyte.gz"),
     ("lenet5", "", "garbage MNIST/raw/train-labels-idx1-ubyte.gz"),
     ("tiny", "", "truncate cifar-10-batches-py/data_batch_2"),

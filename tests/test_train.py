@@ -291,13 +291,13 @@ def test_init_from_full_precision_checkpoint(tmp_path):
         ("optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
         ("optimizer.momentum=1.5", "momentum must lie in"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
-        ("seed=-1", "seed must be an integer >= 0"),
+        ("seed=-1", r"seed must be an integer in \[0, 4294967295\]"),
         ("ste=leaky_clipped_relu ste.eps=2", r"eps must lie in \[0, 1\]"),
         (
             "init.checkpoint=/nonexistent/last.ckpt",
             "init.checkpoint: no checkpoint file at /nonexistent/last.ckpt",
         ),
-        ("resume=/nonexistent/last.ckpt", "resume: no checkpoint file at"),
+        ("resume=/nonexistent/last.ckpt", "resume: no run dir or checkpoint at"),
         ("model.name=alexnet", "unknown model 'alexnet'; valid names: lenet5"),
     ],
 )

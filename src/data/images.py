@@ -33,6 +33,18 @@ from src.data.files import (
 Split = tuple[torch.Tensor, torch.Tensor]  # images uint8 (N,C,H,W), labels int64 (N,)
 
 
+def check_normalisation(mean, std, channels: int, name: str) -> None:
+    """data.mean and data.std: one finite number per channel of the images, std > 0."""
+    for key, values in (("mean", mean), ("std", std)):
+        ok = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == channels
+        ok = ok and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok or (key == "std" and min(values) <= 0):
+            need = f"{channels} finite number{'s' * (channels > 1)}" + (" > 0" if key == "std" else "")
+            raise ValueError(f"data.{key} needs {need}, one per channel of {name}'s images, got {values!r}")
+
+
 class ImageDataModule(pl.LightningDataModule):
     """An image dataset in memory; train = shuffled (and augmented) batches, val = the official test split, or
     with ``holdout`` = N the training split's last N examples (which then leave training: tuning must not
@@ -67,15 +79,15 @@ class ImageDataModule(pl.LightningDataModule):
             train_subset=train_subset,
             val_subset=val_subset,
         )
-        channels = self.files.shape[0]
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ValueError(
-                f"data.mean and data.std need {channels} values each (std > 0), got {mean}, {std}"
-            )
+        check_normalisation(mean, std, channels=self.files.shape[0], name=self.files.name)
         if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
             raise ValueError(f"data.holdout must be an integer >= 0, got {holdout!r}")
-        if crop_padding < 0:
-            raise ValueError(f"data.crop_padding must be >= 0 pixels, got {crop_padding}")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(f"data.crop_padding must be an integer >= 0 (pixels), got {crop_padding!r}")
+        for key, flag in (("augment", augment), ("hflip", hflip), ("download", download),
+                          ("verify_checksums", verify_checksums), ("on_device", on_device)):  # fmt: skip
+            if not isinstance(flag, bool):
+                raise ValueError(f"data.{key} must be true or false, got {flag!r}")
         self.root, self.batch_size, self.val_batch_size = root, batch_size, val_batch_size
         self.download, self.verify_checksums, self.on_device = download, verify_checksums, on_device
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
