@@ -7,6 +7,7 @@ Every run directory holds config.yaml (resolved), provenance.json, metrics.csv, 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import time
@@ -249,7 +250,6 @@ def write_summary(cfg: DictConfig, trainer: pl.Trainer, module: STEModule, run_d
     wall_time_s adds up every start of the run (each up to its last checkpoint: the module keeps the sum).
     """
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    val_data = getattr(trainer.datamodule, "val_data", None)
     fields = names(cfg) | {
         "epochs": trainer.current_epoch,
         "status": "diverged" if module.diverged else "finished",
@@ -261,9 +261,7 @@ def write_summary(cfg: DictConfig, trainer: pl.Trainer, module: STEModule, run_d
         "val_acc": finite(metrics.get("val/acc")),
         "val_acc_best": finite(module.best["val/acc_best"]),
         "best_epoch": module.best["val/acc_best_epoch"] or None,
-        "val_examples": len(val_data[1])
-        if val_data is not None
-        else None,  # the n of an accuracy's binomial SE
+        "val_examples": val_examples(trainer, cfg.data.get("val_batch_size")),
         "population_loss": finite(metrics.get("val/population_loss")),
         "epoch_time_s": finite(metrics.get("time/epoch_s")),
         "wall_time_s": module.wall_time,
@@ -274,6 +272,16 @@ def write_summary(cfg: DictConfig, trainer: pl.Trainer, module: STEModule, run_d
     log.info("%s %s: val/acc %s (best %s at epoch %s)", cfg.run_name, summary["status"], rounded(summary["val_acc"]),
              rounded(summary["val_acc_best"]), summary["best_epoch"])  # fmt: skip
     return summary
+
+
+def val_examples(trainer: pl.Trainer, batch_size: int | None) -> int | None:
+    """How many examples the final validation scored: the n of its accuracy's binomial standard error."""
+    data = getattr(trainer.datamodule, "val_data", None)
+    if data is None:
+        return None
+    batches = (trainer.num_val_batches or [None])[0]
+    limited = batches * batch_size if batches is not None and batch_size else math.inf
+    return int(min(len(data[1]), limited))  # limit_val_batches scores the first batches only
 
 
 def rounded(x: float | None) -> str:

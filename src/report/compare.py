@@ -78,13 +78,31 @@ def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
     for where in dict.fromkeys((r["model"], r["data"]) for r in ran):
         mine = [r for r in ran if (r["model"], r["data"]) == where]
         settings = [setting(r) for r in mine]
-        keys = sorted({k for s in settings for k in s if len({repr(t.get(k)) for t in settings}) > 1})
+        keys = grouping_keys(settings)
         by_key = {}
         for run, s in zip(mine, settings, strict=True):
             by_key.setdefault(tuple(repr(s.get(k)) for k in keys), []).append(run)
         groups = [Group(key, label(keys, setting(rs[0])), newest_per_seed(rs)) for key, rs in by_key.items()]
         out[where] = sorted(groups, key=lambda g: g.label)
     return out
+
+
+PREFERRED = ("ste.name", "quant.bits", "wquant.name", "wquant.bits", "optimizer.lr", "optimizer.weight_decay")
+
+
+def grouping_keys(settings: list[dict]) -> list[str]:
+    """The keys whose values differ between settings; a key that is a copy of a kept one (quant.ste interpolates
+    ste.name: equal values in every setting) is left out. Confounded keys with other values (an lr chosen per STE)
+    both stay, so such groups differ in two keys and are never ordered as if one caused the difference."""
+    differ = {k for s in settings for k in s if len({repr(t.get(k)) for t in settings}) > 1}
+    order = sorted(differ, key=lambda k: (PREFERRED.index(k) if k in PREFERRED else len(PREFERRED), k.count("."), k))
+    kept, columns = [], set()
+    for key in order:
+        column = tuple(repr(s.get(key)) for s in settings)
+        if column not in columns:
+            kept.append(key)
+            columns.add(column)
+    return kept
 
 
 def label(keys: list[str], s: dict) -> str:
