@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from src.deploy import intform
+from src.deploy import intform, onnx_graph
 from src.deploy.intform import pack, unpack
 from src.deploy.onnx_graph import OPSET
+from src.deploy.parity import session
 from src.deploy.runner import multithreshold
 from src.export import main
 from src.train import train
@@ -84,6 +86,15 @@ def test_lenet5_learned_alpha_is_what_forward_uses(tmp_path):
     assert_full_parity(summary)
 
 
+@pytest.mark.parametrize("wquant", [["wquant=uniform", "wquant.bits=4"], ["wquant=binary", "quant=lsq"]])
+def test_resnet8_option_a_blocks_export_with_full_agreement(tmp_path, wquant):
+    # depth 8: one block per stage, so an identity shortcut and two subsampled, zero-padded ones (fast)
+    run = trained(tmp_path, "resnet20", "quant.bits=2", "+model.depth=8", *wquant)
+    summary = exported(run, tmp_path / "export", "--examples", "64")
+    assert_full_parity(summary)
+    assert list(summary["alpha"]) == ["2", "3.body.2", "3.act", "4.body.2", "4.act", "5.body.2", "5.act"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("wquant", [[], ["wquant=uniform", "wquant.bits=4"]])
 def test_resnet20_exports_with_full_agreement(tmp_path, wquant):
@@ -118,6 +129,28 @@ def test_thresholds_are_the_ceil_staircase_including_exact_ties(integer):
     want = [exact_level(int(v), a, b, mu, sigma, alpha, top) for v in acc.ravel()]
     assert got.tolist() == want
     assert want[7:10] == [0, 1, 2]  # acc = 2, 3, 4: on the threshold, the lower level (ceil)
+
+
+def test_onnx_activation_is_the_ceil_staircase_at_exact_ties():
+    alpha, top = 0.5, 3  # y = jα exactly (dyadic): ceil gives j, where a half-step shift would round to even
+    g = onnx_graph._Graph()
+    onnx_graph._activation(g, "y", (alpha, top), "out")
+    graph = helper.make_graph(g.nodes, "act", [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("out.level", TensorProto.UINT8, [None]),
+                               helper.make_tensor_value_info("out", TensorProto.FLOAT, [None])], g.inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_graph.OPSET)])
+    model.ir_version = onnx_graph.IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    y = np.array([-1.0, 0.0, 0.1, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 100.0], np.float32)
+    level, out = session(model).run(None, {"y": y})
+    want = [
+        exact_level(
+            Fraction(float(v)), Fraction(1), Fraction(0), Fraction(0), Fraction(1), Fraction(alpha), top
+        )
+        for v in y
+    ]
+    assert level.tolist() == want == [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]
+    assert np.array_equal(out, np.float32(alpha) * level)
 
 
 def test_dead_channel_has_a_constant_level():
@@ -190,6 +223,7 @@ def test_bad_inputs_are_one_line(lenet_run, tmp_path, capsys):
         ("lenet5", ["quant=fp"], "full-precision run"),
         ("two_layer", [], "two_layer"),
         ("lenet5", ["divergence.max_loss=1e-9"], "diverged run"),
+        ("tiny", ["quant.bits=9"], "8 bits at most"),
     ],
 )
 def test_unexportable_runs_are_one_line(tmp_path, capsys, model, overrides, message):

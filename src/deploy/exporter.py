@@ -26,6 +26,7 @@ from src.deploy.plan import ExportError, plan_model
 from src.deploy.report import markdown
 from src.module import STEModule
 
+EXPORTABLE = ("lenet5", "vgg11", "resnet20", "resnet", "tiny")  # the src/models.py layouts plan_model reads
 BAD_STATUS = ("diverged", "failed")  # summary.json statuses of runs whose weights are not a trained model
 
 
@@ -62,10 +63,13 @@ def _checked_run(path, overrides) -> tuple[dict, dict]:
         config = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides))))
     except Exception as err:  # noqa: BLE001 - OmegaConf's grammar errors: the user's override
         raise ConfigError(f"bad override in {list(overrides)}: {err}") from None
-    if config["model"].get("name") == "two_layer":
+    name = config["model"].get("name")
+    if name == "two_layer":
         raise ExportError(
             "model=two_layer is the paper's theory model (Gaussian input, no classifier): not exported"
         )
+    if name not in EXPORTABLE:
+        raise ExportError(f"model={name} is not exportable (the export knows {', '.join(EXPORTABLE)})")
     if config["quant"].get("bits") is None:
         raise ExportError(
             "a full-precision run (quant=fp, float ReLU): there are no quantized activations to export"
