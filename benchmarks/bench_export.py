@@ -111,6 +111,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, {args.threads} thread(s); torch {torch.__version__}, onnxruntime "
           f"{onnxruntime.__version__}, numpy {np.__version__}, python {platform.python_version()}")  # fmt: skip
+    print(f"# load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(
         f"# activations {args.bits}-bit, weights {args.wquant} {args.wbits or ''} (first and last layer float)\n"
     )
