@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="onnxruntime threads in the parity check (default 1)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --out
     try:
         s = export(args.path, args.out, args.examples, args.min_agreement, args.overrides, args.threads)
     except (ConfigError, ExportError) as err:

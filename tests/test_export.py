@@ -215,6 +215,9 @@ def test_bad_inputs_are_one_line(lenet_run, tmp_path, capsys):
         code, err = error_of(capsys, path, "--out", out)
         assert code == 2 and message in err, err
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "keep me"
+    code, err = error_of(capsys, lenet_run, "--out", tmp_path / "o3", f"data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and "the parity check's data" in err
+    assert not (tmp_path / "o3").exists()
 
 
 @pytest.mark.parametrize(

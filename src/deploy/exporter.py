@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from src.config import ConfigError, check_checkpoint, checkpoint_file
 from src.data.batches import normalise
+from src.data.files import DataError
 from src.deploy import intform
 from src.deploy.onnx_graph import IR_VERSION, OPSET, build_onnx
 from src.deploy.parity import parity
@@ -38,9 +39,10 @@ def export(path, out, examples: int | None = None, min_agreement: float = 99.9, 
            threads: int = 1) -> dict:  # fmt: skip
     """Export the run or checkpoint ``path`` into the directory ``out``; returns the export.json content."""
     state, config = _checked_run(path, overrides)
+    data = _data(config, examples)
     tmp = _claim_output(Path(out))
     try:
-        summary = _export_into(tmp, path, state, config, examples, min_agreement, threads)
+        summary = _export_into(tmp, path, state, config, data, min_agreement, threads)
         _publish(tmp, Path(out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,18 +111,19 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_into(tmp: Path, path, state: dict, config: dict, examples, min_agreement, threads) -> dict:
+def _export_into(tmp: Path, path, state: dict, config: dict, data, min_agreement, threads) -> dict:
     hp = state["hyper_parameters"]
-    module = STEModule(config=config, in_shape=tuple(hp["in_shape"]), num_classes=hp["num_classes"])
+    eager = config | {
+        "model": config["model"] | {"compile": False}
+    }  # the model as trained, without torch.compile
+    module = STEModule(config=eager, in_shape=tuple(hp["in_shape"]), num_classes=hp["num_classes"])
     module.load_state_dict(state["state_dict"])
     model = module.model.eval()
-    model._compiled_call_impl = None  # model.compile=true runs: export and compare the eager model
     in_shape, classes = tuple(hp["in_shape"]), hp["num_classes"]
     ops = plan_model(model)
     proto = build_onnx(ops, in_shape, classes, doc=f"STE Lab export of {config.get('run_name')}")
     onnx.checker.check_model(proto, full_check=True)
     program, arrays = intform.build(ops, in_shape)
-    data = _data(config, examples)
     result = parity(model, ops, proto, program, arrays, data.batches, threads)
     agreement = min(result["agreement"].values())
     result |= {"min_agreement": min_agreement, "passed": agreement >= min_agreement}
@@ -166,9 +169,13 @@ class _Data:
 
 
 def _data(config: dict, examples: int | None) -> _Data:
+    """The parity check's examples; a missing or damaged dataset file is a one-line ExportError."""
     if examples is not None and examples < 1:
         raise ExportError(f"--examples must be >= 1, got {examples}")
-    return _Data(config, examples)
+    try:
+        return _Data(config, examples)
+    except DataError as err:
+        raise ExportError(f"the parity check's data: {err} (data.root=<dir> points elsewhere)") from None
 
 
 def _summary(path, config, ops, program, input_spec, classes, result, tmp: Path, model) -> dict:

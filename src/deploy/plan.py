@@ -212,8 +212,3 @@ def _weight_scale(layer: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, int]
         return step.flatten().float(), quantizer.qp
     _, a = quantizer.levels(w, None)  # binary, ternary: levels ±a (and 0), a per channel
     return a.flatten().float(), 1
-
-
-def levels_by_value(ops: list[Op]) -> dict[str, nn.Module]:
-    """{value name: the QuantReLU producing it}: where the parity check reads PyTorch's levels."""
-    return {op.out: op.module for op in ops if op.act is not None}
