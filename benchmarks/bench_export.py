@@ -1,7 +1,7 @@
 """CPU inference speed and size of an exported net: onnxruntime on model.onnx against PyTorch eager.
 
     python benchmarks/bench_export.py [--models lenet5,resnet20] [--bits 2] [--wquant uniform --wbits 2]
-        [--threads 1] [--seconds 1.0]
+        [--threads 1] [--seconds 2.0] [--rounds 5]
 
 Per model (built as src.train builds it, weights random, BN statistics from a few random batches: speed and
 size do not depend on training), in the model's input shape:
@@ -10,7 +10,9 @@ size do not depend on training), in the model's input shape:
   weights) and PyTorch eager on the same architecture in float (ReLU, float weights), and the integer runner
   (numpy, src/deploy/runner.py: a readable reference, not an engine) at batch 64;
 - sizes: model.onnx, the integer form (.npz, weights bit-packed), the float32 state dict.
-Each timing runs warm-up calls, then as many calls as fit in --seconds (at least 5); the median is reported.
+Timing: --rounds interleaved rounds (each engine and batch size in turn, so that a change in machine load hits
+all alike); in each, warm-up calls, then the calls that fit in --seconds/--rounds (at least 5 at batch 1, 1 at batch 256), median per call;
+the median over rounds is reported.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def calibrated(name: str, quantized: bool, bits: int, wquant: str, wbits) -> tor
 
 
 def median_seconds(fn, seconds: float, warmup: int = 2, calls: int = 5) -> float:
-    """Median wall time of one call of fn over at least ``calls`` calls and ``seconds``, after warm-up calls."""
+    """Median wall time of one call of fn over at least ``calls`` calls and ``seconds``, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times, start = [], time.perf_counter()
@@ -80,12 +82,20 @@ def bench_model(name: str, args) -> list[str]:
         "PyTorch eager, fake-quant": lambda x: fake(x),
         "PyTorch eager, float": lambda x: float_model(x),
     }
-    rows = []
-    with torch.no_grad():
-        for label, fn in engines.items():
-            latency = median_seconds(partial(fn, x1), args.seconds)
-            throughput = BATCH / median_seconds(partial(fn, xb), args.seconds)
-            rows.append(f"| {name} | {label} | {1e3 * latency:.3f} | {throughput:,.0f} |")
+    times = {(label, n): [] for label in engines for n in (1, BATCH)}
+    with torch.no_grad():  # interleaved rounds: a change in machine load hits every engine alike
+        for _ in range(args.rounds):
+            for label, fn in engines.items():
+                for n, x in ((1, x1), (BATCH, xb)):
+                    calls = 5 if n == 1 else 1  # a ResNet-20 batch of 256 takes seconds
+                    times[label, n].append(
+                        median_seconds(partial(fn, x), args.seconds / args.rounds, 1, calls)
+                    )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [
+        f"| {name} | {label} | {1e3 * med[label, 1]:.3f} | {BATCH / med[label, BATCH]:,.0f} |"
+        for label in engines
+    ]
     xs = xb[:64].numpy()  # the reference runner is slow: batch 64, three calls
     numpy_rate = 64 / median_seconds(lambda: run(program, arrays, xs, weights), 0, warmup=1, calls=3)
     rows.append(f"| {name} | integer runner (numpy reference; batch 64) | — | {numpy_rate:,.0f} |")
@@ -105,7 +115,10 @@ def main(argv=None) -> None:
     parser.add_argument("--wquant", default="uniform", help="fp | binary | ternary | uniform")
     parser.add_argument("--wbits", type=int, default=2, help="weight bits (uniform; binary 1, ternary 2)")
     parser.add_argument("--threads", type=int, default=1, help="threads of torch and onnxruntime")
-    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="time per engine and batch size, over all rounds"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over them)")
     args = parser.parse_args(argv)
     args.wbits = {"fp": None, "binary": 1, "ternary": 2}.get(args.wquant, args.wbits)
     torch.set_num_threads(args.threads)
