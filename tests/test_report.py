@@ -836,9 +836,8 @@ def test_inside_the_ste_lists_layers_and_final_diagnostics(diag_root: Path):
         start[("from_relu", "0.01")]["Δ loss, coarse"] == "-0.5"
         and start[("from_relu", "0.01")]["Δ loss, fp"] == "-0.3"
     )
-    name = "mnist_lenet5_2bit_table1_wfa2"
-    for png in [
-        f"{m}_{name}.png"
+    for png in [  # one faceted figure per diagnostic (a row per group), not one file per group and metric
+        f"{m}.png"
         for m in ("saturated", "level_entropy", "below", "grad_norm", "disagree", "descent", "probe")
     ] + ["probe_fig2.png"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in body, png

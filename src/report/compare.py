@@ -95,7 +95,9 @@ def grouping_keys(settings: list[dict]) -> list[str]:
     ste.name: equal values in every setting) is left out. Confounded keys with other values (an lr chosen per STE)
     both stay, so such groups differ in two keys and are never ordered as if one caused the difference."""
     differ = {k for s in settings for k in s if len({repr(t.get(k)) for t in settings}) > 1}
-    order = sorted(differ, key=lambda k: (PREFERRED.index(k) if k in PREFERRED else len(PREFERRED), k.count("."), k))
+    order = sorted(
+        differ, key=lambda k: (PREFERRED.index(k) if k in PREFERRED else len(PREFERRED), k.count("."), k)
+    )
     kept, columns = [], set()
     for key in order:
         column = tuple(repr(s.get(key)) for s in settings)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.report.figures import DIRECTIONS, plot_curves, plot_probe, ylabel
+from src.report.figures import DIRECTIONS, plot_grid, plot_probe, ylabel
 from src.report.runs import Run, read_curves
-from src.report.sections import labelled_curves, slug
+from src.report.sections import labelled_curves
 from src.report.table1 import md_table, newest_per_seed, row_key, row_label, ste_column, ste_order
 
 DIAG = ("saturated", "level_entropy", "below", "grad_norm")  # figure and table order; the issue's two first
@@ -84,38 +84,56 @@ def figure(plot, name: str, out: Path, *args, **kwargs) -> str:
     return f"![{name}]({name})\n"
 
 
-def diag_figures(by_ste: dict[str, list[pd.DataFrame]], name: str, title: str, out: Path) -> list[str]:
-    """Per diagnostic, one panel per layer; the disagreement with each paper STE; the descent probe."""
-    curves = [c for group in by_ste.values() for c in group]
-    probe = [f"descent/coarse/{t}" for t in steps(curves)] + ["descent/smooth_cos", "descent/smooth_cos_fp"]
-    # (file prefix, candidate columns, panel title of a column, caption)
-    plots = [
-        (
-            m,
-            [f"diag/{layer}/{m}" for layer in layers(curves)],
-            lambda c: f"layer {c.split('/')[1]}",
-            ylabel(m),
-        )
-        for m in DIAG
-    ]
-    plots += [
-        ("disagree", [f"disagree/{s}" for s in ste_order([])], lambda c: f"vs {c.split('/')[1]}",
-         "cosine of the weight gradients, each paper STE"),
-        ("descent", probe, lambda c: f"coarse, t = {c.split('/')[2]}" if c.count("/") == 2 else c.split("/")[1],
-         "descent probe over epochs (Δ loss along the coarse gradient; smoothed-loss cosine)"),
-    ]  # fmt: skip
+def columns(prefix: str, curves: list[pd.DataFrame]) -> list[str]:
+    """The logged columns of one diagnostic: per layer (diag/<layer>/<m>), per paper STE (disagree/<ste>), or the
+    descent probe over epochs (descent/coarse/<t> and the smoothed-loss slopes and cosines)."""
+    if prefix == "disagree":
+        return present(curves, [f"disagree/{s}" for s in ste_order([])])
+    if prefix == "descent":
+        smooth = [f"descent/{k}" for k in ("smooth_slope", "smooth_slope_fp", "smooth_cos", "smooth_cos_fp")]
+        return present(curves, [f"descent/coarse/{t}" for t in steps(curves)] + smooth)
+    return present(curves, [f"diag/{layer}/{prefix}" for layer in layers(curves)])
+
+
+CAPTIONS = {m: ylabel(m) for m in DIAG} | {
+    "disagree": "cosine of the weight gradient with each paper STE's",
+    "descent": "descent probe over epochs (Δ loss along the coarse gradient; smoothed-loss slope and cosine)",
+}
+
+
+def metric_figures(found: dict[tuple, dict[str, list[pd.DataFrame]]], out: Path) -> list[str]:
+    """One figure per diagnostic over every group (a row per group, a panel per layer), then the descent probe's
+    Δ loss against step length at the last probe (a panel per group and STE)."""
     links = []
-    for prefix, candidates, panel, caption in plots:
-        if cols := tuple(present(curves, candidates)):
-            titles = tuple(panel(c) for c in cols)
-            links.append(
-                figure(plot_curves, f"{prefix}_{name}.png", out, by_ste, cols, title=f"{title}: {caption}", titles=titles)
-            )  # fmt: skip
-    profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
+    for prefix, caption in CAPTIONS.items():
+        rows = {}
+        for key, by_ste in found.items():
+            cols = columns(prefix, [c for group in by_ste.values() for c in group])
+            if cols:
+                rows[group_title(key)] = (by_ste, cols)
+        if rows:
+            links.append(figure(plot_grid, f"{prefix}.png", out, rows, title=f"Inside the STE: {caption}"))
+    profiles = {
+        f"{group_title(key)} · {ste}": p
+        for key, by_ste in found.items()
+        for ste, group in by_ste.items()
+        if not (p := mean_profile(group)).empty
+    }
     if profiles:
-        text = f"{title}: Δ loss against step length at the last probe"
-        links.append(figure(plot_probe, f"probe_{name}.png", out, profiles, title=text))
+        links.append(
+            figure(plot_probe, "probe.png", out, profiles, title="Δ loss against step length, last probe")
+        )
     return links
+
+
+def group_title(key: tuple) -> str:
+    """'MNIST LeNet5, wfa2 (tag=tuned), stage tuned' for a (row, stage, wa) group key."""
+    *row, stage, wa = key
+    data, model, width = row_label(tuple(row))  # width: '2' or '2 (tag=tuned)'; wa names the bits already
+    variant = width.partition(" ")[2]
+    return (
+        f"{data} {model}, {wa}" + (f" {variant}" if variant else "") + (f", stage {stage}" if stage else "")
+    )
 
 
 def layer_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
@@ -169,18 +187,14 @@ def groups(table: pd.DataFrame) -> dict[tuple, dict[str, list[pd.DataFrame]]]:
     return {k: {s: g[s] for s in ste_order(g) if s in g} for k, g in out.items()}
 
 
-def group_part(key: tuple, by_ste: dict[str, list[pd.DataFrame]], out: Path) -> list[str]:
-    """One (row, stage, wa) group: layers, figures and the final-epoch tables."""
-    *row, stage, wa = key
-    data, model, width = row_label(tuple(row))  # width: '2' or '2 (tag=tuned)'; wa names the bits already
-    variant = width.partition(" ")[2]
-    title = (
-        f"{data} {model}, {wa}" + (f" {variant}" if variant else "") + (f", stage {stage}" if stage else "")
-    )
+def group_part(key: tuple, by_ste: dict[str, list[pd.DataFrame]]) -> list[str]:
+    """One (row, stage, wa) group: its layers and final-epoch tables (its curves are in the figures above)."""
     profiles = {ste: p for ste, group in by_ste.items() if not (p := mean_profile(group)).empty}
     curves = [c for group in by_ste.values() for c in group]
-    parts = [f"### {title}\n", f"Layers (model order): {', '.join(layers(curves)) or 'none logged'}.\n"]
-    parts += diag_figures(by_ste, slug(key), title, out)
+    parts = [
+        f"### {group_title(key)}\n",
+        f"Layers (model order): {', '.join(layers(curves)) or 'none logged'}.\n",
+    ]
     parts += [f"Final epoch, mean over seeds ({counted_seeds(by_ste)}):\n", layer_table(by_ste) + "\n"]
     agreement = agreement_table(by_ste)
     lead = "Cosines at the final epoch, mean over seeds (weight gradient vs each paper STE's; smoothed loss):\n\n"
@@ -227,7 +241,8 @@ INTRO = (
 
 def diagnostics_section(table: pd.DataFrame, runs: list[Run], out: Path) -> str:
     """'Inside the STE': per group of runs compared per STE, then the Figure 2 / 4 starting-point probes."""
-    parts = [p for key, by_ste in groups(table).items() for p in group_part(key, by_ste, out)]
+    found = groups(table)
+    parts = metric_figures(found, out) + [p for key, by_ste in found.items() for p in group_part(key, by_ste)]
     parts += start_probe("fig2", runs, out) + start_probe("fig4", runs, out)
     if not parts:
         return "No STE diagnostics in the runs' metrics.csv (diag/, disagree/ or descent/ columns).\n"

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-DPI = 100  # ~40 runs' figures stay well under 2 MB
+DPI = 80  # ~40 runs' figures stay well under 2 MB; docs/results under 4 MB
+plt.rcParams["figure.dpi"] = DPI  # lay text out at the resolution it is saved at (legends never overlap)
 LABELS = {
     "train/loss": "training loss",
     "val/acc": "validation accuracy (%)",
@@ -85,6 +86,22 @@ def panels(n: int, cols: int = 4):
     return fig, axes.flat[:n]
 
 
+def draw(ax, groups: dict[str, list[pd.DataFrame]], metric: str, styles: dict | None = None) -> None:
+    """On one axis, per label the mean over its runs' curves of ``metric`` with a min–max band (x = epoch)."""
+    for label, curves in groups.items():
+        series = [c[metric].dropna() for c in curves if metric in c]
+        if not any(len(s) for s in series):
+            continue
+        stats = pd.concat(series, axis=1).agg(["mean", "min", "max"], axis=1)  # epoch × (mean, min, max)
+        ste, k = (styles or {}).get(label, (label, 0))
+        line = ax.plot(stats.index, stats["mean"], marker="o" if len(stats) < 30 else None, ms=3, label=label,
+                       color=color(ste), linestyle=STYLES[k % len(STYLES)])  # fmt: skip
+        if len(series) > 1:
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
 def plot_curves(
     groups: dict[str, list[pd.DataFrame]],
     metrics: tuple[str, ...],
@@ -103,31 +120,47 @@ def plot_curves(
     """
     fig, axes = panels(len(metrics))
     for i, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
-        for label, curves in groups.items():
-            series = [c[metric].dropna() for c in curves if metric in c]
-            if not any(len(s) for s in series):
-                continue
-            stats = pd.concat(series, axis=1).agg(["mean", "min", "max"], axis=1)  # epoch × (mean, min, max)
-            line = ax.plot(
-                stats.index,
-                stats["mean"],
-                marker="o" if len(stats) < 30 else None,
-                ms=3,
-                label=label,
-                color=color((styles or {}).get(label, (label, 0))[0]),
-                linestyle=STYLES[(styles or {}).get(label, (label, 0))[1] % len(STYLES)],
-            )
-            if len(series) > 1:
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=line[0].get_color(), alpha=0.2)
+        draw(ax, groups, metric, styles)
         if switch is not None:
             ax.axvline(switch, color="gray", linestyle="--", linewidth=1, label=f"lr switch (epoch {switch})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=ylabel(metric), title=titles[i] if titles else "")
         if metric == "val/population_loss":
             ax.set_yscale("log")  # the two-layer model's loss falls over orders of magnitude
-        ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return save(fig, path, len(groups) + (switch is not None))
+
+
+def plot_grid(
+    rows: dict[str, tuple[dict[str, list[pd.DataFrame]], list[str]]], path: Path, title: str
+) -> Path:
+    """One figure for one diagnostic over many settings: a row per setting (its title), a panel per column
+    (its layers), the setting's STEs as curves. ``rows[title] = (curves by STE, columns)``."""
+    ncols = max(len(cols) for _, cols in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.9 * ncols, 2.3 * len(rows)), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    for r, (row_title, (groups, columns)) in enumerate(rows.items()):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(columns):
+                ax.set_visible(False)
+                continue
+            draw(ax, groups, columns[c])
+            ax.set_title(f"{row_title} · {panel_name(columns[c])}", fontsize=7)
+            ax.set_xlabel("epoch" if r == len(rows) - 1 else "", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.supylabel(ylabel(next(iter(rows.values()))[1][0]), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path, max(len(g) for g, _ in rows.values()))
+
+
+def panel_name(column: str) -> str:
+    """A diagnostic column as a panel names it: 'diag/4.body.2/below' -> '4.body.2', 'disagree/relu' -> 'vs relu',
+    'descent/coarse/0.1' -> 't = 0.1', 'descent/smooth_slope' -> 'smooth_slope'."""
+    parts = column.split("/")
+    if parts[0] == "diag":
+        return parts[1]
+    if parts[0] == "disagree":
+        return f"vs {parts[1]}"
+    return f"t = {parts[2]}" if len(parts) == 3 else parts[-1]
 
 
 # the descent probe's directions (issue 13): the run's coarse gradient, a random one, the float ReLU's gradient
