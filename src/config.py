@@ -165,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
                 check_arguments(node, f"{group}.{name}")
     for name, node in cfg.callbacks.items():  # their constructors check their knobs (every_n_epochs=0)
         if node:
-            _construct(f"callbacks.{name}", node)
+            construct(f"callbacks.{name}", node)
     validate_trainer(cfg)
     if cfg.resume is not None:
         check_resume_target(cfg.resume)
@@ -198,10 +198,10 @@ def validate_job(config: DictConfig) -> None:
 def validate_build(cfg: DictConfig) -> None:
     """Build the datamodule (its constructor checks mean/std per channel and the like; it reads no file) and
     the model on its input shape, so a value only they reject (resnet depth 7) is one line, not a traceback."""
-    datamodule = _construct("data", cfg.data)
+    datamodule = construct("data", cfg.data)
     act, wquant = instantiate(cfg.quant), instantiate(cfg.wquant)
     shape, classes = datamodule.input_shape, datamodule.num_classes
-    _construct("model", cfg.model, act=act, wquant=wquant, in_shape=shape, num_classes=classes)
+    construct("model", cfg.model, act=act, wquant=wquant, in_shape=shape, num_classes=classes)
 
 
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
@@ -270,12 +270,12 @@ def validate_trainer(cfg: DictConfig) -> None:
     try:
         with warnings.catch_warnings():  # its warnings (SLURM's srun hint) come once, from the run's Trainer
             warnings.simplefilter("ignore")
-            _construct("trainer", cfg.trainer, logger=False, callbacks=[], plugins=[])
+            construct("trainer", cfg.trainer, logger=False, callbacks=[], plugins=[])
     finally:
         quiet.setLevel(level)
 
 
-def _construct(key: str, node: DictConfig, **kwargs):
+def construct(key: str, node: DictConfig, **kwargs):
     """instantiate(node, **kwargs), with whatever the constructor rejects as one line naming ``key``."""
     try:
         return instantiate(node, **kwargs)

@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import ConfigError, check_checkpoint, checkpoint_file
+from src.config import ConfigError, check_checkpoint, checkpoint_file, construct, validate_data
 from src.module import STEModule
-from src.rundir import atomic_write, finite
+from src.rundir import SaveError, atomic_write, finite
 
 
 def load_run(path: str | Path, overrides: list[str] = ()) -> tuple[STEModule, DictConfig]:
@@ -28,9 +28,59 @@ def load_run(path: str | Path, overrides: list[str] = ()) -> tuple[STEModule, Di
     module = STEModule.load_from_checkpoint(checkpoint_file(str(path)), map_location="cpu", weights_only=True)
     config = OmegaConf.create(module.hparams.config)
     try:
-        return module, OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        changes = OmegaConf.from_dotlist(list(overrides))
     except Exception as err:  # noqa: BLE001 - OmegaConf's grammar errors: the user's override
-        raise ConfigError(f"bad override in {list(overrides)}: {err}") from None
+        raise ConfigError(f"bad override in {list(overrides)}: {' '.join(str(err).split())}") from None
+    check_overrides(config, changes)
+    return module, OmegaConf.merge(config, changes)
+
+
+def check_overrides(config: DictConfig, changes: DictConfig) -> None:
+    """Overrides change data keys the saved config has, to values src.train would accept (the same checks)."""
+    absent = object()  # a key the saved config lacks, told apart from one it holds as null (val_subset)
+    known = lambda k: k.startswith("data.") and OmegaConf.select(config, k, default=absent) is not absent  # noqa: E731
+    unknown = [k for k in flat_keys(changes) if not known(k)]
+    if unknown:
+        valid = ", ".join(f"data.{k}" for k in config.data if not str(k).startswith("_"))
+        raise ConfigError(f"cannot override {', '.join(unknown)}: overrides change the data config ({valid})")
+    merged = OmegaConf.merge(config, changes)
+    validate_data(merged)
+    construct("data", merged.data)
+
+
+def flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of a config's leaves."""
+    keys = []
+    for key, value in node.items():
+        keys += flat_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
+    return keys
+
+
+def check_out(out: Path) -> None:
+    """The result file can be written: its folder exists and takes a file, and it is not a directory. Tried
+    with the temporary name atomic_write uses (removed again), before the evaluation's work."""
+    where = f"--out {out}" if out.name != "evaluation.json" else str(out)
+    if out.is_dir():
+        raise ConfigError(f"{where} is a directory; give a file name such as {out / 'evaluation.json'}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{where}: the folder {out.parent} does not exist")
+    probe = out.with_name(f".{out.name}.tmp")
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be written: {err.strerror or err}") from None
+
+
+def make_trainer(accelerator: str) -> pl.Trainer:
+    """Lightning's Trainer for one device; an accelerator it refuses is one line."""
+    try:
+        return pl.Trainer(
+            accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+            enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
+        )  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - ValueError, MisconfigurationException: the user's choice
+        raise ConfigError(f"--accelerator {accelerator}: {' '.join(str(err).split())}") from None
 
 
 def run_dir(ckpt: Path) -> Path:
@@ -42,12 +92,9 @@ def evaluate(path: str | Path, overrides: list[str] = (), accelerator: str = "au
     """Test top-1 (%) and loss of a checkpoint on its own data config, with ``overrides`` (key=value) applied."""
     module, config = load_run(path, overrides)
     ckpt = checkpoint_file(str(path))
+    trainer = make_trainer(accelerator)
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-    )  # fmt: skip
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     return {
         "checkpoint": str(ckpt),
@@ -72,12 +119,13 @@ def main(argv=None) -> None:
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
     args = parser.parse_args(argv)
     try:
+        check_checkpoint(str(args.path), "checkpoint")
+        out = args.out or run_dir(checkpoint_file(str(args.path))) / "evaluation.json"
+        check_out(out)  # before the work: a bad --out is not found after a whole evaluation
         result = evaluate(args.path, args.overrides, args.accelerator)
-    except ConfigError as err:
+        atomic_write(out, json.dumps(result, indent=2).encode())
+    except (ConfigError, SaveError) as err:
         sys.exit(f"error: {err}")
-    ckpt = Path(result["checkpoint"])
-    out = args.out or run_dir(ckpt) / "evaluation.json"
-    atomic_write(out, json.dumps(result, indent=2).encode())
     print(f"{result['run_name']}: test top-1 {result['test_acc']:.2f} %, loss {result['test_loss']:.4f} "
           f"on {result['examples']} examples ({out})")  # fmt: skip
 
