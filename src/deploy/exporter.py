@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -26,6 +24,7 @@ from src.deploy.parity import parity
 from src.deploy.plan import ExportError, plan_model
 from src.deploy.report import markdown
 from src.module import STEModule
+from src.provenance import provenance
 
 EXPORTABLE = ("lenet5", "vgg11", "resnet20", "resnet", "tiny")  # the src/models.py layouts plan_model reads
 BAD_STATUS = ("diverged", "failed")  # summary.json statuses of runs whose weights are not a trained model
@@ -178,6 +177,13 @@ def _data(config: dict, examples: int | None) -> _Data:
         raise ExportError(f"the parity check's data: {err} (data.root=<dir> points elsewhere)") from None
 
 
+def _provenance() -> dict:
+    """src.provenance's record (commit, versions, hardware, command, time), with onnx and onnxruntime."""
+    record = provenance()
+    record["versions"] |= {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return record
+
+
 def _summary(path, config, ops, program, input_spec, classes, result, tmp: Path, model) -> dict:
     ckpt = checkpoint_file(str(path))
     macs = sum(op.get("macs", 0) for op in program)
@@ -219,11 +225,5 @@ def _summary(path, config, ops, program, input_spec, classes, result, tmp: Path,
             "float_accumulator_fraction": float_macs / max(macs, 1),
         },  # fmt: skip
         "parity": result,
-        "versions": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__,
-            "python": sys.version.split()[0],
-        },  # fmt: skip
+        "provenance": _provenance(),
     }
