@@ -1,6 +1,6 @@
 """trainer=ddp with 2 ranks on the CPU (gloo), as Lightning launches them on one node: one run dir whose run
 files rank 0 alone writes, validation over the whole validation set on every rank's behalf, and a checkpoint
-that one process evaluates and resumes."""
+that one process evaluates and resumes; the same for data=imagefolder with ResNet-18."""
 
 import json
 import os
@@ -17,6 +17,7 @@ from src.rundir import atomic_write
 from src.train import train
 from tests.conftest import REPO
 from tests.runs import data_overrides, make_cfg
+from tests.test_imagefolder import SMALL, write_jpegs
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 VAL = 100  # validation examples: 4 batches of 32, 32, 32, 4; a rank's half would give other metrics
@@ -86,3 +87,29 @@ def test_a_rank_other_than_0_writes_no_run_file(tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     atomic_write(tmp_path / "summary.json", b"{}")
     assert (tmp_path / "summary.json").read_bytes() == b"{}"
+
+
+@pytest.mark.slow  # two ranks of a ResNet-18 on 32x32 JPEGs: ~60 s on the shared 2-core machine
+def test_imagefolder_resnet18_under_two_ranks_validates_every_image_once(tmp_path):
+    """15 val images over 2 ranks (8 + 7, unpadded): the synced val metrics are one process's on all 15."""
+    root = write_jpegs(tmp_path / "jpegs", train=8, val=5)
+    run_dir = tmp_path / "ddp"
+    args = [
+        "experiment=resnet18_imagenet", f"data.root={root}", *SMALL, "data.num_workers=1", "logger=csv",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false", *DDP_CPU,
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["model"] == "resnet18"
+    one = evaluate(run_dir, accelerator="cpu")
+    assert one["test_acc"] == pytest.approx(summary["val_acc"], abs=1e-4)
+    assert one["test_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
