@@ -175,7 +175,23 @@ def run_logged(stage_dir: Path, cmd: list[str], args: list[str]) -> tuple[int, P
 
 
 def last_line(log: Path) -> str:
-    return (log.read_text().strip().splitlines() or ["no output"])[-1]
+    """Why a multirun failed, in one line: its last ``error: ...`` line, else the message Hydra prints above
+    its "Set the environment variable HYDRA_FULL_ERROR=1" hint (an override it could not apply), joined."""
+    lines = log.read_text().splitlines()
+    errors = [line.strip()[len("error: ") :] for line in lines if line.strip().startswith("error: ")]
+    if errors:
+        return errors[-1]
+    hints = [i for i, line in enumerate(lines) if "HYDRA_FULL_ERROR" in line]
+    if hints:
+        block = []
+        for line in reversed(lines[: hints[-1]]):
+            if not line.strip() and block:
+                break
+            if line.strip() and not line.strip().startswith(("full_key:", "object_type=")):
+                block.insert(0, line.strip())
+        if block:
+            return " ".join(block)
+    return next((line.strip() for line in reversed(lines) if line.strip()), "no output")
 
 
 def supervised(cmd: list[str], out) -> int:

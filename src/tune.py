@@ -356,9 +356,15 @@ def main(argv=None) -> None:
         }
         if not (isinstance(space["n_trials"], int) and space["n_trials"] >= 1):
             raise ConfigError(f"the number of trials must be an integer >= 1, got {space['n_trials']!r}")
+        seed = space["sampler_seed"]
+        if not (isinstance(seed, int) and 0 <= seed < 2**31):  # TPE adds the trial count; numpy takes < 2**32
+            raise ConfigError(f"the sampler seed must be an integer in [0, {2**31 - 1}], got {seed!r}")
+        had = (out.is_dir(), (out / ".lock").exists())
         with pipeline_lock(out):
             record = tune(out, args.overrides, space)
     except (ConfigError, SaveError) as err:
+        if "had" in locals():
+            undo_lock(out, *had)
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(f"error: tuning stopped; the same command continues it from {out / 'study.db'}")
@@ -367,6 +373,16 @@ def main(argv=None) -> None:
         f"best of {len(record['trials'])} trials: "
         + (f"{best['value']:.2f} % with {best['params']}" if best else "none finished")
     )
+
+
+def undo_lock(out: Path, had_dir: bool, had_lock: bool) -> None:
+    """After a refused start that made no study: remove the .lock file (and --out) this start created."""
+    if (out / "study.db").exists():
+        return
+    if not had_lock:
+        (out / ".lock").unlink(missing_ok=True)
+    if not had_dir and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def parse_args(argv):
