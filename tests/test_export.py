@@ -52,8 +52,8 @@ def assert_full_parity(summary: dict, max_tie_fraction: float = 1e-4) -> None:
 LENET_CASES = {
     "a2-fixed-wfp": ["quant.bits=2"],
     "a2-lsq-wbinary": ["quant.bits=2", "quant=lsq", "wquant=binary"],
-    "a2-fixed-wuniform2": ["quant.bits=2", "wquant=uniform", "wquant.bits=2"],
-    "a4-lsq-wuniform2": ["quant.bits=4", "quant=lsq", "wquant=uniform", "wquant.bits=2"],
+    "a2-fixed-wuniform2-identity": ["quant.bits=2", "wquant=uniform", "wquant.bits=2", "ste=identity"],
+    "a4-lsq-wuniform2-relu": ["quant.bits=4", "quant=lsq", "wquant=uniform", "wquant.bits=2", "ste=relu"],
     "a4-pact-wternary-all": ["quant.bits=4", "quant=pact", "wquant=ternary", "wquant.first_last=quantized"],
 }
 
