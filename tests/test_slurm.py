@@ -163,3 +163,40 @@ def test_no_slurm_is_one_line(tmp_path):
         "error: hydra/launcher=slurm: SLURM is not reachable (no sinfo/sbatch on PATH); "
         "`make slurm-up` starts a local one-node cluster"
     )
+
+
+@pytest.mark.slurm
+@pytest.mark.slow  # two 2-task jobs, each starting torch twice: ~2-3 min
+@needs_cluster
+def test_an_imagefolder_resnet18_ddp_job_and_a_task_count_that_does_not_match_devices(tmp_path):
+    """A job of 2 SLURM tasks is one 2-rank DDP run (Lightning reads SLURM's environment): one run dir whose run
+    files rank 0 writes. A job whose task count differs from trainer.devices is recorded failed in one line."""
+    from tests.test_imagefolder import SMALL, write_jpegs
+
+    root = write_jpegs(tmp_path / "jpegs", train=8, val=5)
+    out = tmp_path / "sweep"
+    args = [
+        "experiment=resnet18_imagenet", f"data.root={root}", *SMALL, "data.num_workers=0", "trainer=ddp",
+        "trainer.accelerator=cpu", "trainer.sync_batchnorm=false", "trainer.devices=2,1", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={out}",
+        "hydra.sweep.subdir=devices${trainer.devices}",
+    ]  # fmt: skip
+    code, err = finish(sweep(*args), timeout=600)
+    assert code == 1, err[-3000:]
+    runs = summaries(out)
+    assert runs["devices2"]["status"] == "finished" and runs["devices2"]["model"] == "resnet18"
+    ok = out / "devices2"
+    assert sorted(p.name for p in ok.iterdir()) == [
+        ".hydra", "checkpoints", "config.yaml", "metrics.csv", "provenance.json", "slurm.log", "summary.json",
+        "train.log",
+    ]  # fmt: skip
+    assert len(json.loads((ok / "provenance.json").read_text())["starts"]) == 1
+    logs = sorted((ok / "slurm.log").resolve().parent.glob("*_log.out"))
+    assert [p.name.rsplit("_", 2)[-2] for p in logs] == ["0", "1"]  # <job>_<task>_log.out: one per rank
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1].read_text()
+    bad = runs["devices1"]
+    assert bad["status"] == "failed" and "\n" not in bad["reason"]
+    assert (
+        "You set `devices=1` in Lightning, but the number of tasks per node configured in SLURM"
+        in bad["reason"]
+    )
