@@ -69,11 +69,8 @@ def build(ops: list[Op], in_shape: tuple[int, ...]) -> tuple[list[dict], dict[st
         elif op.kind == "maxpool":
             entry["size"] = op.size
             c, h, w = src_shape
-            shape[op.out], scale[op.out], levels[op.out] = (
-                (c, h // op.size, w // op.size),
-                src_scale,
-                levels[op.src],
-            )
+            shape[op.out] = (c, h // op.size, w // op.size)
+            scale[op.out], levels[op.out] = src_scale, levels[op.src]
         elif op.kind == "avgpool":  # the sum of levels: integer; the 1/(H·W) joins the next layer's scale
             c, h, w = src_shape
             shape[op.out], scale[op.out], levels[op.out] = (c,), src_scale / (h * w), levels[op.src] * h * w
@@ -154,7 +151,9 @@ def _thresholds(numer: np.ndarray, a: np.ndarray, integer: bool, shift: int) -> 
         t = numer / a[:, None]
     dead = np.broadcast_to(a[:, None] == 0, t.shape)  # acc ≡ 0: level j iff 0 > a·T_j
     if integer:
-        out = np.floor(np.ldexp(np.where(dead, 0.0, t), shift)).astype(np.int64) + 1
+        # beyond ±2^62 no accumulator reaches (the shift keeps |acc·2^n + M·k| below it): clip, then cast
+        scaled = np.clip(np.floor(np.ldexp(np.where(dead, 0.0, t), shift)), -(2.0**62), 2.0**62)
+        out = scaled.astype(np.int64) + 1
         return np.where(dead, np.where(numer < 0, np.iinfo(np.int64).min, NEVER), out)
     return np.where(dead, np.where(numer < 0, -np.inf, np.inf), np.nextafter(t, np.inf))
 
