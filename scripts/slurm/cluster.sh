@@ -51,7 +51,7 @@ up() {
     running "$DIR/slurmctld.pid" || slurmctld -i
     running "$DIR/slurmd.pid" || slurmd
     for _ in $(seq 60); do
-        if sinfo -h -N -o %t 2>/dev/null | grep -qx idle; then
+        if sinfo -h -N -o %t 2>/dev/null | grep -qxE 'idle|mix|alloc'; then  # up (busy counts)
             say "up: partition $PARTITION, $(nproc) CPUs, config $DIR/slurm.conf"
             sinfo
             return
