@@ -47,9 +47,17 @@ def test_a_sweep_and_a_separate_run_share_one_table_and_one_figure(sweeps, tmp_p
     out = tmp_path / "report"
     assert report([*map(str, sweeps), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    table = {r["group"]: r for r in md_table(text, "### lenet5 on mnist: 4 groups, 7 runs")}
+    table = {
+        r["group"]: r
+        for r in md_table(text, "### lenet5 on mnist, experiment lenet5_mnist: 4 groups, 7 runs")
+    }
     # a key only one group has (the leaky STE's ε) is part of its label, and absent from the others'
-    assert set(table) == {"ste=identity", "ste=relu", "ste=clipped_relu", "ste=leaky_clipped_relu, ste.eps=0.1"}
+    assert set(table) == {
+        "ste=identity",
+        "ste=relu",
+        "ste=clipped_relu",
+        "ste=leaky_clipped_relu, ste.eps=0.1",
+    }
     for ste in ("identity", "relu", "clipped_relu"):
         runs = [read_run(sweeps[0] / f"{ste}-s{seed}") for seed in (0, 1)]
         accs = [r["val_acc"] for r in runs]
@@ -69,8 +77,10 @@ def test_a_sweep_and_a_separate_run_share_one_table_and_one_figure(sweeps, tmp_p
     )
     assert one["val_examples"] == 32  # limit_val_batches=1 × val_batch_size 32 of the 128 test images
     figures = [line for line in text.splitlines() if line.startswith("![compare_")]
-    assert figures == ["![compare_lenet5_mnist_2bit.png](compare_lenet5_mnist_2bit.png)"]
-    assert (out / "compare_lenet5_mnist_2bit.png").read_bytes()[:4] == b"\x89PNG"
+    assert figures == [
+        "![compare_lenet5_mnist_lenet5_mnist_2bit.png](compare_lenet5_mnist_lenet5_mnist_2bit.png)"
+    ]
+    assert (out / "compare_lenet5_mnist_lenet5_mnist_2bit.png").read_bytes()[:4] == b"\x89PNG"
     assert "Orderings (pairs that differ in one key" in text
 
 

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__)
     parser.add_argument(
         "dirs", type=Path, nargs="+", metavar="DIR",
-        help="folders holding run dirs, searched recursively: single runs, sweeps, pipeline outputs, mixed",
+        help="folders holding run dirs, searched recursively (single runs, sweeps, pipeline outputs, mixed), or "
+        "an earlier report's runs.csv (runs whose dirs are gone: final numbers, no curves)",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, help="folder for report.md, runs.csv and figures (default DIR/report)"
@@ -27,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         "<!-- results:PROFILE --> block",
     )
     args = parser.parse_args(argv)
-    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    missing = [str(d) for d in args.dirs if not (d.is_dir() or (d.is_file() and d.suffix == ".csv"))]
     if missing:
-        parser.error(f"not a directory: {', '.join(missing)}")
+        parser.error(f"not a directory or a runs.csv: {', '.join(missing)}")
     try:
         path = build_report(args.dirs, args.out, args.profile)
         print(path)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.report.archive import scan_all
 from src.report.compare import compare_section
 from src.report.diagnostics import diagnostics_section
 from src.report.frame import run_table, write_runs_csv
 from src.report.provenance import provenance_section
-from src.report.runs import Run, curve_problems, scan
+from src.report.runs import Run, curve_problems
 from src.report.sections import figure_section, table1_figures, two_layer_section
 from src.report.table1 import (
     cells,
@@ -46,7 +47,7 @@ GUIDE = (
 def find_pipeline(roots: list[Path], out: Path) -> dict:
     """The first pipeline.json in (else under) the roots, outside ``out``; {} when there is none."""
     hits = [r / PIPELINE for r in roots if (r / PIPELINE).is_file()]
-    hits += sorted(p for r in roots for p in r.rglob(PIPELINE))
+    hits += sorted(p for r in roots if r.is_dir() for p in r.rglob(PIPELINE))
     hits = [p for p in hits if not p.resolve().is_relative_to(out.resolve())]
     try:
         return read_pipeline(hits[0].parent) if hits else {}
@@ -125,7 +126,7 @@ def table1_section(table: pd.DataFrame, out: Path) -> str:
 def headline(roots: list[Path], out: Path, profile: str) -> str:
     """For the README's Results section (written between markers by --readme): Table 1a's rows that ran (with Δ
     only on the paper's protocol, else labelled reduced), then the W×A and tuned tables when their runs are there."""
-    table = run_table(scan(roots, exclude=out)[0])
+    table = run_table(scan_all(roots, exclude=out)[0])
     in_table, _ = protocol_split(table)
     extra = [f"Weights × activations, {title}:\n\n{body}" for title, body in wxa_tables(table)]
     tuned = tuning_table(table, in_table, find_studies(roots, out)[0])
@@ -166,8 +167,8 @@ def build_report(roots, out: Path | None = None, profile: str | None = None) -> 
     """Read every run under the roots (a folder or a list of them) and write report.md, runs.csv and the figures
     into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report, one line each."""
     roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
-    out = Path(out) if out else roots[0] / "report"
-    runs, problems = scan(roots, exclude=out)
+    out = Path(out) if out else (roots[0] if roots[0].is_dir() else roots[0].parent) / "report"
+    runs, problems = scan_all(roots, exclude=out)
     if not runs:
         raise NoRuns(f"no runs under {', '.join(map(str, roots))}" + "".join(f"; {p}" for p in problems))
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +33,19 @@ def t975(df: float) -> float:
 
 
 def setting(run: Run) -> dict:
-    """What a run is, apart from its seed: identity without SEED_KEYS, plus ``init`` (checkpoint | scratch)."""
-    ident = {k: v for k, v in run.identity.items() if k not in SEED_KEYS}
+    """What a run is, apart from its seed: identity without SEED_KEYS, plus ``init`` (checkpoint | scratch); a float
+    run (quant.bits null) has no STE, whatever the ste group says."""
+    fp = run.identity.get("quant.bits", run["bits"]) is None
+    ident = {
+        k: v for k, v in run.identity.items() if k not in SEED_KEYS and not (fp and "ste" in k.split(".")[:2])
+    }
     return ident | {"init": "checkpoint" if run.identity.get("init.checkpoint") else "scratch"}
 
 
 def short(key: str) -> str:
-    """A grouping key as a label shows it: 'ste.name' -> 'ste', 'quant.bits' -> 'bits', else the key."""
-    return {"quant.bits": "bits", "wquant.bits": "wbits"}.get(key, key.removesuffix(".name"))
+    """A grouping key as a label shows it: 'ste.name' -> 'ste', 'quant.bits' -> 'bits', 'optimizer.lr' -> 'lr'."""
+    names = {"quant.bits": "bits", "wquant.bits": "wbits", "trainer.max_epochs": "epochs"}
+    return names.get(key, key.removesuffix(".name").removeprefix("optimizer.").removeprefix("scheduler."))
 
 
 @dataclass
@@ -72,22 +78,37 @@ def newest_per_seed(runs: list[Run]) -> list[Run]:
 
 
 def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
-    """{(model, data): its groups}: the runs that ran (finished or diverged), grouped by the keys that differ."""
+    """{(model, data, experiment): its groups}: the runs that ran (finished or diverged, not debug runs), grouped by
+    the keys that differ between them."""
     out = {}
     ran = [r for r in runs if r.done and not r["debug"]]
-    for where in dict.fromkeys((r["model"], r["data"]) for r in ran):
-        mine = [r for r in ran if (r["model"], r["data"]) == where]
+    for where in dict.fromkeys(block_of(r) for r in ran):
+        mine = [r for r in ran if block_of(r) == where]
         settings = [setting(r) for r in mine]
         keys = grouping_keys(settings)
+        usual = {k: majority([repr(s.get(k)) for s in settings]) for k in keys}
         by_key = {}
         for run, s in zip(mine, settings, strict=True):
             by_key.setdefault(tuple(repr(s.get(k)) for k in keys), []).append(run)
-        groups = [Group(key, label(keys, setting(rs[0])), newest_per_seed(rs)) for key, rs in by_key.items()]
+        groups = [
+            Group(key, label(keys, setting(rs[0]), usual), newest_per_seed(rs)) for key, rs in by_key.items()
+        ]
         out[where] = sorted(groups, key=lambda g: g.label)
     return out
 
 
-PREFERRED = ("ste.name", "quant.bits", "wquant.name", "wquant.bits", "optimizer.lr", "optimizer.weight_decay")
+def majority(values: list[str]) -> str | None:
+    """The value most settings share when it is a strict majority, else None (then every group shows its own)."""
+    (value, count), *_ = Counter(values).most_common(1)
+    return value if count > len(values) / 2 else None
+
+
+def block_of(run: Run) -> tuple:
+    """Runs compared in one table: same model, data and experiment file (a pipeline's Figure 2 runs apart)."""
+    return run["model"], run["data"], run.choices.get("experiment", run["experiment"])
+
+
+PREFERRED = ("ste.name", "quant.bits", "wquant.name", "wquant.bits")  # always in a label when they differ
 
 
 def grouping_keys(settings: list[dict]) -> list[str]:
@@ -107,9 +128,12 @@ def grouping_keys(settings: list[dict]) -> list[str]:
     return kept
 
 
-def label(keys: list[str], s: dict) -> str:
-    """'ste=relu, bits=2' from the grouping keys (a key the setting lacks is left out); 'all runs' when none."""
-    parts = [f"{short(k)}={s[k]}" for k in keys if s.get(k) is not None]
+def label(keys: list[str], s: dict, usual: dict) -> str:
+    """'ste=relu, bits=2, lr=0.1': the preferred keys (STE, bits, ...) always, any other grouping key only where
+    this group's value is not the block's most common one; 'all runs' when nothing differs."""
+    shown = [k for k in keys if (k in PREFERRED or repr(s.get(k)) != usual[k])]
+    shown = [k for k in shown if s.get(k) is not None or k == "quant.bits"]  # a float run has no STE
+    parts = [f"{short(k)}={'float' if k == 'quant.bits' and s.get(k) is None else s.get(k)}" for k in shown]
     return ", ".join(parts) or "all runs"
 
 
@@ -243,12 +267,19 @@ def figures(where: tuple, groups: list[Group], out: Path) -> list[str]:
     for bits in dict.fromkeys(g.bits for g in groups):
         mine = [g for g in groups if g.bits == bits]
         curves = {g.label: [read_curves(r) for r in g.runs if r.status == "finished"] for g in mine}
+        if not any(len(c) for cs in curves.values() for c in cs):
+            continue  # archived runs: their metrics.csv is gone
         styles = {g.label: (g.ste, sum(h.ste == g.ste for h in mine[: mine.index(g)])) for g in mine}
-        name = f"compare_{where[0]}_{where[1]}_{'fp' if bits is None else f'{bits}bit'}.png"
+        stem = "_".join(str(x) for x in where if x)  # model, data and the experiment file when there is one
+        name = f"compare_{stem}_{'fp' if bits is None else f'{bits}bit'}.png"
         title = f"{where[0]} / {where[1]}, {'float' if bits is None else f'{bits}-bit'}: mean over seeds, band min–max"
         plot_curves(curves, ("val/acc", "train/loss"), out / name, title, styles=styles)
         parts.append(f"![{name}]({name})\n")
     return parts
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def compare_section(runs: list[Run], out: Path) -> str:
@@ -258,9 +289,10 @@ def compare_section(runs: list[Run], out: Path) -> str:
         return "## Comparison\n\nNo finished or diverged runs to compare.\n"
     parts = ["## Comparison\n", GUIDE]
     for where, groups in found.items():
-        parts.append(
-            f"### {where[0]} on {where[1]}: {len(groups)} groups, {sum(len(g.runs) for g in groups)} runs\n"
-        )
+        model, data, experiment = where
+        name = f"{model} on {data}" + (f", experiment {experiment}" if experiment else "")
+        n_runs = sum(len(g.runs) for g in groups)
+        parts.append(f"### {name}: {plural(len(groups), 'group')}, {plural(n_runs, 'run')}\n")
         parts.append(table(groups) + "\n")
         lines = orderings(groups)
         if lines:

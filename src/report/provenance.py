@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from src.paper import TABLE2
+from src.provenance import git_commit
 from src.report.runs import Run
 from src.report.table1 import NAMES, md_table
 
@@ -172,12 +173,29 @@ def resumed(runs: list[Run]) -> list[str]:
     return ["", "### Resumed runs", "", *lines] if lines else []
 
 
+def archived(runs: list[Run]) -> list[str]:
+    """Bullets: runs read from an earlier report's runs.csv (their dirs gone), with the code that made them and
+    the code that made this report."""
+    files = Counter(r.provenance["archived_from"] for r in runs if r.provenance.get("archived_from"))
+    made = {
+        r.provenance["archived_from"]: r.provenance.get("git_commit")
+        for r in runs
+        if r.provenance.get("archived_from")
+    }
+    return [
+        f"- ⚠ {k} runs read from the archived `{f}` (their run dirs are gone: final numbers only, no curves): runs "
+        f"made by code `{made[f]}`, this report by code `{git_commit()}`"
+        for f, k in files.items()
+    ]
+
+
 def provenance_section(runs: list[Run], pipeline: dict, profile: str, problems: list[str]) -> str:
     """The whole provenance section as markdown."""
     kinds = Counter(r.kind for r in runs)
     found = ", ".join(f"{KINDS[k]} {kinds[k]}" for k in KINDS if kinds[k])
     lines = ["## Provenance\n", f"- Profile: {profile}", f"- Runs found: {len(runs)} ({found or 'none'})"]
     lines += [f"- ⚠ Skipped: {p}" for p in problems]
+    lines += archived(runs)
     lines += [
         f"- ⚠ Started but unfinished (no summary.json): `{r.path}`" for r in runs if r.status == "interrupted"
     ]

@@ -141,14 +141,18 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     from_parent = [start_from_parent(run, curve, runs) for _, run, curve in curves]
     ours, switch = what_ran(mine)
     title = f"Figure {spec.number} (ours)"
-    plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
+    if any(len(c[2]) for c in curves):
+        plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
+        link = f"![Figure {spec.number}]({spec.file})"
+    else:
+        link = "*No curves: these runs' metrics.csv files are gone (archived runs).*"
     note = " Epoch 0's training loss is the starting run's final training loss (its summary)." * any(
         from_parent
     )
     header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final"]
     rows = [figure_row(*c, spec) for c in curves]
     return (
-        f"## Figure {spec.number}\n\n![Figure {spec.number}]({spec.file})\n\n*{spec.caption} {ours} Epoch 0 is "
+        f"## Figure {spec.number}\n\n{link}\n\n*{spec.caption} {ours} Epoch 0 is "
         f"the starting point's validation, epoch e the state after epoch e.{note}*\n\nTraining loss / "
         f"validation accuracy (%):\n\n{md_table(header, rows)}\n"
     )
@@ -159,7 +163,7 @@ def find_theory(roots: list[Path], exclude: Path) -> dict[str, Path]:
     ``exclude``."""
     found = {}
     for name in [*THEORY, "certificate.md"]:
-        hits = sorted(p for root in roots for p in Path(root).rglob(name))
+        hits = sorted(p for root in roots if Path(root).is_dir() for p in Path(root).rglob(name))
         hits = [p for p in hits if not p.resolve().is_relative_to(exclude.resolve())]
         if hits:
             found[name] = hits[0]
@@ -220,6 +224,8 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
     counted_runs = counted_runs[counted_runs["status"] == "finished"]
     for key, newest in counted_runs.groupby("key", sort=False):
         groups = {ste: [read_curves(r) for r in g["run"]] for ste, g in newest.groupby("column", sort=False)}
+        if not any(len(c) for g in groups.values() for c in g):
+            continue  # archived runs: no metrics.csv
         name = f"table1_{slug(key)}.png"
         title = " ".join(row_label(key)) + " bit: mean over seeds, band min–max"
         plot_curves(groups, ("train/loss", "val/acc"), out / name, title)

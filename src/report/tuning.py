@@ -91,7 +91,7 @@ def lr_wd(lr, wd) -> str:
 def find_studies(roots: list[Path], out: Path) -> tuple[list[Study], list[Path]]:
     """Every tuning.json under the roots (outside ``out``): the studies read and the files that did not parse."""
     studies, bad = [], []
-    for path in sorted(p for root in roots for p in Path(root).rglob(STUDY_FILE)):
+    for path in sorted(p for root in roots if Path(root).is_dir() for p in Path(root).rglob(STUDY_FILE)):
         if path.resolve().is_relative_to(out.resolve()):
             continue
         try:

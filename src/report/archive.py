@@ -1,0 +1,96 @@
+"""Runs whose directories are gone, read back from the runs.csv an earlier report wrote (``src.report runs.csv``).
+
+A published result outlives its run dirs (outputs/ is not kept): its runs.csv still holds every run's identity,
+protocol and final metrics, so a report can be regenerated from it with today's code. Curves and diagnostics are
+not in it; the report says which code produced the runs (``git_commit``: the column, else the single commit the
+report.md beside the file names) and that the runs are archived.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from src.report.runs import Run, scan
+
+TEST_EXAMPLES = 10_000  # MNIST's and CIFAR-10's test sets: what val_acc was scored on without a val_subset
+
+
+def _value(x):
+    """A runs.csv cell as Python: NaN -> None, '[20, 40]' -> [20, 40], 2.0 -> 2."""
+    if x is None or (isinstance(x, float) and pd.isna(x)):
+        return None
+    if isinstance(x, str) and x.startswith("["):
+        return ast.literal_eval(x)
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
+
+def archived_commit(csv: Path, table: pd.DataFrame) -> str:
+    """The code that produced the runs: the ``git_commit`` column, else the one commit of the report.md beside."""
+    if "git_commit" in table:
+        return ", ".join(sorted(set(table["git_commit"].dropna().astype(str)))) or "unknown"
+    report = csv.parent / "report.md"
+    found = (
+        re.findall(r"Git commit\(s\): `([0-9a-f+dirty]+)`", report.read_text()) if report.is_file() else []
+    )
+    return found[0] if len(found) == 1 else "unknown"
+
+
+def run_from_row(row: dict, csv: Path, commit: str) -> Run:
+    """One archived run: its summary fields from the row, a config rebuilt from the protocol columns."""
+    optimizer = {"_target_": f"torch.optim.{row['optimizer']}"} | {
+        k: row[k] for k in ("lr", "momentum", "weight_decay")
+    }
+    scheduler = {"_target_": f"torch.optim.lr_scheduler.{row['scheduler']}", "milestones": row["milestones"],
+                 "gamma": row["gamma"], "hold_epochs": row["hold_epochs"]}  # fmt: skip
+    config = {
+        "run_name": row["run_name"],
+        "seed": row["seed"],
+        "tag": row["tag"],
+        "model": {"name": row["model"]},
+        "ste": {"name": row["ste"]} | {k[4:]: row[k] for k in ("ste_eps", "ste_beta", "ste_delta") if row[k]},
+        "quant": {"bits": row["bits"], "alpha": row["alpha"], "alpha_mode": row["alpha_mode"]},
+        "optimizer": optimizer,
+        "scheduler": {k: v for k, v in scheduler.items() if v is not None},
+        "trainer": {"max_epochs": row["max_epochs"]},
+        "data": {k: row[k] for k in ("batch_size", "train_subset", "val_subset")},
+        "init": {"checkpoint": "archived" if row["init"] == "checkpoint" else None},
+    }
+    summary = {k: row.get(k) for k in ("run_name", "experiment", "data", "model", "bits", "ste", "tag", "seed",
+                                         "wquant", "wbits",
+                                         "alpha_mode", "epochs", "max_epochs", "train_subset", "val_subset",
+                                         "val_acc", "val_acc_best", "best_epoch", "train_loss", "val_loss",
+                                         "population_loss", "wall_time_s", "status", "reason")}  # fmt: skip
+    summary |= {
+        "init_checkpoint": config["init"]["checkpoint"],
+        "val_examples": row["val_subset"] or TEST_EXAMPLES,
+        "diverged": row["status"] == "diverged",
+        "choices": {k: row[k] for k in ("data", "experiment", "model", "ste")},
+    }
+    provenance = {"git_commit": commit, "archived_from": str(csv), "time_utc": row.get("started")}
+    return Run(Path(row["path"]), summary, config, provenance, ("archived",))
+
+
+def archived_runs(csv: Path) -> list[Run]:
+    """Every row of an earlier report's runs.csv as a Run (no curves: its run dir is gone)."""
+    table = pd.read_csv(csv)
+    commit = archived_commit(csv, table)
+    rows = [{k: _value(v) for k, v in r.items()} for r in table.to_dict("records")]
+    return [run_from_row(r, csv, commit) for r in rows]
+
+
+def scan_all(sources, exclude: Path | None = None) -> tuple[list[Run], list[str]]:
+    """The runs of every source: a folder (searched for run dirs) or an earlier report's runs.csv (archived)."""
+    sources = [Path(s) for s in ([sources] if isinstance(sources, str | Path) else sources)]
+    runs, problems = scan([s for s in sources if s.is_dir()], exclude)
+    for csv in (s for s in sources if s.is_file()):
+        try:
+            runs += archived_runs(csv)
+        except (OSError, ValueError, KeyError, SyntaxError, pd.errors.ParserError) as err:
+            problems.append(f"{csv}: not a runs.csv an earlier report wrote ({type(err).__name__}: {err})")
+    return runs, problems
