@@ -13,9 +13,9 @@ import onnx
 import onnxruntime
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
-from src.config import ConfigError, check_checkpoint, checkpoint_file
+from src.config import checkpoint_file
 from src.data.batches import normalise
 from src.data.files import DataError
 from src.deploy import intform
@@ -23,6 +23,7 @@ from src.deploy.onnx_graph import IR_VERSION, OPSET, build_onnx
 from src.deploy.parity import parity
 from src.deploy.plan import ExportError, plan_model
 from src.deploy.report import markdown
+from src.evaluate import load_run
 from src.module import STEModule
 from src.provenance import provenance
 
@@ -37,48 +38,42 @@ class ParityError(RuntimeError):
 def export(path, out, examples: int | None = None, min_agreement: float = 99.9, overrides=(),
            threads: int = 1) -> dict:  # fmt: skip
     """Export the run or checkpoint ``path`` into the directory ``out``; returns the export.json content."""
-    state, config = _checked_run(path, overrides)
+    module, config = _checked_run(path, overrides)
     data = _data(config, examples)
     tmp = _claim_output(Path(out))
     try:
-        summary = _export_into(tmp, path, state, config, data, min_agreement, threads)
+        summary = _export_into(tmp, path, module, config, data, min_agreement, threads)
         _publish(tmp, Path(out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
-def _checked_run(path, overrides) -> tuple[dict, dict]:
-    """The checkpoint (loaded as tensors only) and its config with ``overrides``; every refusal before work."""
-    state = check_checkpoint(str(path), "export")
+def _checked_run(path, overrides) -> tuple[STEModule, DictConfig]:
+    """The run's module and config (src.evaluate.load_run: the checkpoint read as tensors only, data overrides
+    checked as src.train checks them); every refusal comes here, before any work."""
+    module, config = load_run(path, overrides)
     ckpt = checkpoint_file(str(path))
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     summary = _read_json(run_dir / "summary.json")
     if summary.get("status") in BAD_STATUS:
         reason = summary.get("reason") or summary.get("diverged_reason") or "see its summary.json"
         raise ExportError(f"{run_dir} is a {summary['status']} run ({reason}): nothing trained to export")
-    config = (state.get("hyper_parameters") or {}).get("config")
-    if not isinstance(config, dict):
-        raise ExportError(f"{ckpt} holds no run config (not a checkpoint of src.train)")
-    try:
-        config = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides))))
-    except Exception as err:  # noqa: BLE001 - OmegaConf's grammar errors: the user's override
-        raise ConfigError(f"bad override in {list(overrides)}: {err}") from None
-    name = config["model"].get("name")
+    name = config.model.name
     if name == "two_layer":
         raise ExportError(
             "model=two_layer is the paper's theory model (Gaussian input, no classifier): not exported"
         )
     if name not in EXPORTABLE:
         raise ExportError(f"model={name} is not exportable (the export knows {', '.join(EXPORTABLE)})")
-    if config["quant"].get("bits") is None:
+    if config.quant.bits is None:
         raise ExportError(
             "a full-precision run (quant=fp, float ReLU): there are no quantized activations to export"
         )
-    bad = [k for k, v in state["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ExportError(f"{ckpt} holds non-finite weights ({bad[0]}): a diverged run")
-    return state, config
+    return module, config
 
 
 def _read_json(path: Path) -> dict:
@@ -110,15 +105,15 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _export_into(tmp: Path, path, state: dict, config: dict, data, min_agreement, threads) -> dict:
-    hp = state["hyper_parameters"]
-    eager = config | {
-        "model": config["model"] | {"compile": False}
-    }  # the model as trained, without torch.compile
-    module = STEModule(config=eager, in_shape=tuple(hp["in_shape"]), num_classes=hp["num_classes"])
-    module.load_state_dict(state["state_dict"])
+def _export_into(
+    tmp: Path, path, module: STEModule, config: DictConfig, data, min_agreement, threads
+) -> dict:
     model = module.model.eval()
-    in_shape, classes = tuple(hp["in_shape"]), hp["num_classes"]
+    if (
+        getattr(model, "_compiled_call_impl", None) is not None
+    ):  # model.compile=true: export and compare eager
+        model._compiled_call_impl = None  # (nn.Module.compile's own attribute; hooks and Ceil follow eager)
+    in_shape, classes = tuple(module.hparams.in_shape), module.hparams.num_classes
     ops = plan_model(model)
     proto = build_onnx(ops, in_shape, classes, doc=f"STE Lab export of {config.get('run_name')}")
     onnx.checker.check_model(proto, full_check=True)
@@ -148,7 +143,7 @@ class _Data:
     """The run's validation examples (normalised as in training) in batches, and the input's description."""
 
     def __init__(self, config: dict, examples: int | None):
-        dm = instantiate(OmegaConf.create(config["data"]))
+        dm = instantiate(config.data)
         dm.prepare_data()
         dm.setup("validate")
         x, y = dm.val_data
