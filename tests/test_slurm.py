@@ -75,6 +75,13 @@ def start_requeued_now(job: str, timeout: float = 120) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
 
+def wait_for(done, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
 def wait_for_epoch(metrics: Path, epoch: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while True:
@@ -122,7 +129,8 @@ def test_a_preempted_job_continues_in_place_and_a_cancelled_one_is_recorded_fail
     ]
     proc = sweep(*args)
     a, b = out / "0_a", out / "1_b"
-    wait_for_epoch(a / "metrics.csv", 1)
+    wait_for_epoch(a / "metrics.csv", 1)  # the row comes just before the checkpoint: wait for both
+    wait_for(lambda: (a / "checkpoints" / "last.ckpt").is_file(), "a's first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", job_id(a)], check=True)
     start_requeued_now(job_id(a))
     subprocess.run(["scancel", f"{job_id(a).split('_')[0]}_2"], check=True)  # c: the array's third task
