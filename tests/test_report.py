@@ -211,7 +211,9 @@ def test_diverged_cells_show_diverged_with_k_of_n(table_root: Path):
     text = build_report(table_root).read_text()
     vgg = row(md_table(text, "Table 1a"), "VGG11", "2")
     assert vgg["vanilla ReLU ours"] == "diverged (n=2)" and vgg["vanilla ReLU Δ"] == "—"
-    assert vgg["clipped ReLU ours"] == "91.50 (n=1); diverged 1 of 2"  # n=1: no ± 0
+    assert (
+        vgg["clipped ReLU ours"] == "91.50 (n=1, 95 % CI ±0.55 binomial); diverged 1 of 2"
+    )  # n=1: no ± std, its binomial CI
     assert vgg["clipped ReLU Δ"] == fmt(91.5 - 90.92, "val_acc", sign=True)
     assert row(md_table(text, "Table 1b"), "VGG11", "2")["vanilla ReLU ours"] == "diverged (n=2)"
 
@@ -315,13 +317,16 @@ def test_other_rows_and_registry_stes_follow_the_papers(tmp_path: Path):
     table = md_table(text, "Table 1a")
     assert [(r["Network"], r["BitWidth"]) for r in table][6:] == []
     assert list(table[0])[-3:] == ["log_tailed_relu paper", "log_tailed_relu ours", "log_tailed_relu Δ"]
-    assert list(table[0])[3] == "identity paper" and table[0]["log_tailed_relu ours"] == "99.50 (n=1)"
+    assert (
+        list(table[0])[3] == "identity paper"
+        and table[0]["log_tailed_relu ours"] == "99.50 (n=1, 95 % CI ±0.14 binomial)"
+    )
     # a net the paper never ran is a reduced protocol: its own table, ours only, no paper column, no Δ
     reduced = md_table(text, "(reduced protocol: model tiny is not in the paper's Table 1")
     assert reduced == [
         {"Dataset": "CIFAR10", "Network": "tiny", "BitWidth": "2"}
         | {f"{ste} ours": "—" for ste in ("identity", "vanilla ReLU", "clipped ReLU")}
-        | {"log_tailed_relu ours": "40.00 (n=1)"}
+        | {"log_tailed_relu ours": "40.00 (n=1, 95 % CI ±0.96 binomial)"}
     ]
 
 
@@ -410,7 +415,7 @@ def test_provenance_versions_commits_data_and_pipeline(figure_root: Path):
     assert "CIFAR-10 JPEG rebuild" in prov and "“CIFAR-10 from the JPEG rebuild”" in prov
     assert "Test CPU, 2 cores (torch threads 2), GPU: none (6 runs)" in prov
     assert "| fig2 | 1.11 h | ran |" in prov and "Summed wall time of the 6 runs: 1.0 min" in prov
-    fp = {"training loss": "1.0e-2 (n=1)", "validation accuracy (%)": "99.00 (n=1)"}
+    fp = {"training loss": "1.0e-2 (n=1)", "validation accuracy (%)": "99.00 (n=1, 95 % CI ±0.20 binomial)"}
     assert md_table(text, "Table 1c") == [{"Dataset": "MNIST", "Network": "LeNet5"} | fp]
 
 
@@ -515,7 +520,7 @@ def test_cells_average_seeds_alone_and_flag_a_repeated_seed(knob_root: Path):
     text = build_report(knob_root).read_text()
     table = md_table(text, "Table 1a")
     assert row(table, "VGG11", "2")["clipped ReLU ours"] == "91.00 ± 1.41 (n=2); diverged 1 of 3; seed 0 ×2"
-    assert row(table, "VGG11", "2 (pact)")["clipped ReLU ours"] == "93.00 (n=1)"
+    assert row(table, "VGG11", "2 (pact)")["clipped ReLU ours"] == "93.00 (n=1, 95 % CI ±0.50 binomial)"
     best = row(md_table(text, "Table 1a′"), "VGG11", "2")["clipped ReLU"]
     assert best == "99.10 ± 0.00 (n=2) @ epoch 48; diverged 1 of 3; seed 0 ×2"
 

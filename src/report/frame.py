@@ -28,9 +28,17 @@ KNOBS = [
     "init",
     *PROTOCOL,
 ]
-METRICS = ["val_acc", "val_acc_best", "best_epoch", "train_loss", "val_loss", "population_loss"]
+METRICS = [
+    "val_acc",
+    "val_acc_best",
+    "best_epoch",
+    "train_loss",
+    "val_loss",
+    "population_loss",
+    "val_examples",
+]
 INTS = [
-    "bits", "wbits", "seed", "epochs", "max_epochs", "best_epoch", "train_subset", "val_subset", "batch_size", "hold_epochs",
+    "bits", "wbits", "seed", "epochs", "max_epochs", "best_epoch", "val_examples", "train_subset", "val_subset", "batch_size", "hold_epochs",
 ]  # fmt: skip
 COLUMNS = [
     "run_name",
@@ -42,6 +50,7 @@ COLUMNS = [
     "status",
     "reason",
     "started",
+    "git_commit",
     "path",
 ]
 
@@ -80,7 +89,9 @@ def knobs(run: Run) -> dict:
     row |= _scheduler(cfg.get("scheduler") or {})
     row |= {"batch_size": data.get("batch_size"), "val_subset": data.get("val_subset")}
     row["max_epochs"] = row["max_epochs"] or (cfg.get("trainer") or {}).get("max_epochs")
-    return row | {"kind": run.kind, "status": run.status, "reason": run["reason"], "started": run.started}
+    commit = run.provenance.get("git_commit")
+    return row | {"kind": run.kind, "status": run.status, "reason": run["reason"], "started": run.started,
+                  "git_commit": commit}  # fmt: skip
 
 
 def run_table(runs: list[Run]) -> pd.DataFrame:

@@ -94,6 +94,7 @@ class Cell:
     diverged: int
     repeats: tuple[str, ...] = ()  # 'seed 0 ×2': the newest of those runs counts, the others do not
     best_epochs: tuple[int, ...] = ()
+    examples: int | None = None  # test examples each value was scored on: the binomial SE of a single run
 
     @property
     def n(self) -> int:
@@ -126,6 +127,7 @@ def make_cell(group: pd.DataFrame, metric: str) -> Cell:
         diverged=int((newest["status"] == "diverged").sum()),
         repeats=tuple(f"seed {s} ×{k}" for s, k in counts.items() if k > 1),
         best_epochs=tuple(int(e) for e in done["best_epoch"].dropna()),
+        examples=None if done.empty or done["val_examples"].isna().any() else int(done["val_examples"].min()),
     )
 
 
@@ -175,12 +177,20 @@ def fmt_cell(cell: Cell | None, metric: str) -> str:
         text = f"{'diverged' if all_diverged else 'no value'} (n={cell.n_runs})"
     else:
         spread = f" ± {fmt(cell.std, metric)}" if cell.std is not None else ""
-        text = f"{fmt(cell.mean, metric)}{spread} (n={cell.n})"
+        text = f"{fmt(cell.mean, metric)}{spread} (n={cell.n}{single_run_ci(cell, metric)})"
         if metric == "val_acc_best" and cell.best_epochs:
             lo, hi = min(cell.best_epochs), max(cell.best_epochs)
             text += f" @ epoch {lo}" + (f"–{hi}" if hi > lo else "")
         text += f"; diverged {cell.diverged} of {cell.n_runs}" if cell.diverged else ""
     return text + "".join(f"; {r}" for r in cell.repeats)
+
+
+def single_run_ci(cell: Cell, metric: str) -> str:
+    """', 95 % CI ±0.24 binomial' for one run's accuracy (its test-set size); '' otherwise."""
+    if cell.n != 1 or "acc" not in metric or not cell.examples:
+        return ""
+    p = cell.mean / 100
+    return f", 95 % CI ±{196 * math.sqrt(p * (1 - p) / cell.examples):.2f} binomial"
 
 
 def paper_value(key: Key, ste: str, metric: str) -> float | None:
