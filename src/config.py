@@ -58,8 +58,8 @@ def check_name(value, key: str) -> None:
     )
     _check(
         not bad,
-        f"{key} must be a plain name (letters, digits, . _ - + = @, at most {NAME_MAX} characters, no "
-        f"path separator, no '..', not starting with . or -), got {value!r}",
+        f"{key} must be one plain name: none of / \\ : * ? \" < > |, '..', spaces or control characters, not "
+        f"starting with . or -, at most {NAME_MAX} characters; got {value!r}",
     )
 
 
@@ -181,6 +181,7 @@ def validate(cfg: DictConfig) -> None:
 def validate_job(config: DictConfig) -> None:
     """validate() for Hydra's on_run_start, before Hydra makes the run dir and writes .hydra/ into it: the
     config as the job will see it (its output dir is hydra.run.dir), on a copy."""
+    check_tag(config.get("tag"))  # named as itself, before run_name's resolver sees it
     try:
         run_dir = config.hydra.run.dir
     except Exception as err:  # noqa: BLE001 - run_name's resolver refused a name, inside OmegaConf's wrapper
@@ -216,17 +217,19 @@ SMALL_GROUPS = {
 
 def validate_names(cfg: DictConfig) -> None:
     """tag and run_name become directory names: checked before any directory is made."""
-    if cfg.tag is not None:
-        _check(
-            isinstance(cfg.tag, str | int) and not isinstance(cfg.tag, bool),
-            f"tag must be a name, got {cfg.tag!r}",
-        )
-        check_name(cfg.tag, "tag")
+    check_tag(cfg.get("tag"))
     try:
         name = cfg.run_name
     except Exception as err:  # noqa: BLE001 - the resolver's ConfigError, inside OmegaConf's wrapper
         raise config_error(err) from None
     check_name(name, "run_name")
+
+
+def check_tag(tag) -> None:
+    """A tag (null, a string or a number) that can be part of a directory name."""
+    if tag is not None:
+        _check(isinstance(tag, str | int) and not isinstance(tag, bool), f"tag must be a name, got {tag!r}")
+        check_name(tag, "tag")
 
 
 def config_error(err: BaseException) -> ConfigError:
@@ -305,7 +308,7 @@ def first_difference(old: DictConfig, new: DictConfig, keys) -> tuple[str, objec
     for key in keys:
         a, b = OmegaConf.select(old, key), OmegaConf.select(new, key)
         if isinstance(a, DictConfig) and isinstance(b, DictConfig):
-            found = first_difference(a, b, sorted(set(a) | set(b), key=str))
+            found = first_difference(a, b, sorted(set(a) | set(b), key=lambda k: (k != "name", str(k))))
             if found:
                 return f"{key}.{found[0]}", found[1], found[2]
         elif a != b:
@@ -334,7 +337,7 @@ def validate_optimizer(cfg: DictConfig) -> None:
     check_arguments(cfg.scheduler, "scheduler")
     check_milestones(cfg.scheduler, "scheduler")
     optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
-    _build("scheduler", cfg.scheduler, optimizer)
+    _build("scheduler", cfg.scheduler, optimizer, step=True)
 
 
 def check_milestones(node: DictConfig, key: str) -> None:
@@ -351,10 +354,16 @@ def check_milestones(node: DictConfig, key: str) -> None:
             )
 
 
-def _build(key: str, node: DictConfig, argument):
-    """instantiate(node)(argument), with whatever the constructor rejects as one line naming the group."""
+def _build(key: str, node: DictConfig, argument, step: bool = False):
+    """instantiate(node)(argument), with whatever the constructor rejects as one line naming the group;
+    ``step``: also one step of it, as a scheduler computes its lr (T_max=abc fails only there)."""
     try:
-        return instantiate(node)(argument)
+        built = instantiate(node)(argument)
+        if step:
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": a dummy, on purpose
+                warnings.simplefilter("ignore")
+                built.step()
+        return built
     except Exception as err:  # noqa: BLE001 - TypeError, ValueError, Hydra's wrappers: all the user's input
         raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
 

@@ -177,7 +177,7 @@ def run_logged(stage_dir: Path, cmd: list[str], args: list[str]) -> tuple[int, P
 def last_line(log: Path) -> str:
     """Why a multirun failed, in one line: its last ``error: ...`` line, else the message Hydra prints above
     its "Set the environment variable HYDRA_FULL_ERROR=1" hint (an override it could not apply), joined."""
-    lines = log.read_text().splitlines()
+    lines = log.read_text().splitlines()[1:]  # the first is the command (run_logged)
     errors = [line.strip()[len("error: ") :] for line in lines if line.strip().startswith("error: ")]
     if errors:
         return errors[-1]
