@@ -46,7 +46,7 @@ class STEModule(pl.LightningModule):
         max_loss: float = math.inf,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])  # the run's config rides along
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)  # in the checkpoint; W&B gets the flat config (src.train)
         if model is None:
             model, optimizer, scheduler = build_from_config(config, in_shape, num_classes)
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler

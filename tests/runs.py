@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from src.config import register_resolvers
+from src.runs import write_summary
 from tests.conftest import REPO
 from tests.datafiles import write_cifar10, write_mnist
 
@@ -65,3 +66,32 @@ def fast_cfg(tmp_path: Path, model: str = "tiny", *overrides: str, run: str = "r
     return make_cfg(
         tmp_path / run, [f"model={model}", *data_overrides(model, tmp_path / "data"), *FAST, *overrides]
     )
+
+
+def job_run(run_dir: Path, job: dict, **fields) -> Path:
+    """A done run of a pipeline job ({"experiment": ..., "seed": 0, "ste": "relu", "quant.bits": 2} as overrides),
+    written by src/runs' own writer as src.train would: its config, Hydra choices and ``fields`` (status, ...)."""
+    fp = job.get("quant") == "fp"
+    bits = None if fp else int(job["quant.bits"])
+    config = {
+        "run_name": run_dir.name,
+        "seed": int(job["seed"]),
+        "tag": job.get("tag"),
+        "quant": {"bits": bits},
+        "ste": {"name": job.get("ste", "clipped_relu")},
+        "wquant": {"name": job.get("wquant", "fp"), "bits": job.get("wquant.bits")},
+        "init": {"checkpoint": job.get("init.checkpoint")},
+    }
+    choices = {
+        "experiment": job["experiment"],
+        "quant": "fp" if fp else "default",
+        "wquant": config["wquant"]["name"],
+    }
+    choices |= {"ste": config["ste"]["name"]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = fields.get("status", "finished")
+    summary = {"experiment": job["experiment"], "seed": config["seed"], "tag": config["tag"], "bits": bits}
+    summary |= {"ste": job.get("ste"), "status": status, "diverged": status == "diverged"}
+    summary |= {"checkpoint": str(run_dir / "checkpoints" / "last.ckpt")} | fields
+    write_summary(run_dir, config, choices, summary)
+    return run_dir

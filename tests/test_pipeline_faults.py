@@ -20,7 +20,7 @@ import yaml
 
 from src import reproduce
 from tests.conftest import REPO
-from tests.runs import fake_data
+from tests.runs import fake_data, job_run
 
 PROFILE = {
     "stages": ["pretrain"],
@@ -45,11 +45,12 @@ with open(run / f"{os.getpid()}.pid", "w") as f:
 """
 # A multirun whose one job failed, as src.train reports it: a summary.json with status failed, a last error line.
 FAILS = """
-import json, sys
+import sys
 from pathlib import Path
+from src.runs import write_summary
 run = Path(sys.argv[1]) / "lenet5-mnist-fp-s0"
 run.mkdir(parents=True, exist_ok=True)
-(run / "summary.json").write_text(json.dumps({"status": "failed", "reason": "error: bits must be 1-16"}))
+write_summary(run, {}, {}, {"status": "failed", "reason": "error: bits must be 1-16"})
 sys.exit("error: 1 of 1 jobs failed: lenet5-mnist-fp-s0")
 """
 # The pipeline in a process of its own, with the test profile and a stand-in multirun: argv profiles dir, script
@@ -197,8 +198,7 @@ def test_pipeline_json_keeps_every_attempt_of_a_stage(tmp_path, profiles, monkey
     def finish(stage_dir, args, launcher):  # one multirun: the FP run of seed 0, finished
         run = stage_dir / "lenet5-mnist-fp-s0"
         run.mkdir(parents=True)
-        summary = {"experiment": "lenet5_mnist", "seed": 0, "status": "finished"}
-        (run / "summary.json").write_text(json.dumps(summary))
+        job_run(run, {"experiment": "lenet5_mnist", "seed": 0, "quant": "fp"})
         time.sleep(0.05)
 
     monkeypatch.setattr(reproduce, "run_hydra", finish)

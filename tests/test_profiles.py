@@ -2,13 +2,12 @@
 pipeline would launch composes, and its config follows the profile (epochs, subsets, schedules, init)."""
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
 
 import src.reproduce as reproduce
-from tests.runs import make_cfg
+from tests.runs import job_run, make_cfg
 
 
 def planned_jobs(profile: str, tmp_path: Path, monkeypatch) -> dict[str, list[list[str]]]:
@@ -41,17 +40,7 @@ def expand(args: list[str]) -> list[list[str]]:
 
 
 def write_summary(stage_dir: Path, job: dict) -> None:
-    bits = None if job.get("quant") == "fp" else int(job["quant.bits"])
-    run = stage_dir / f"run{len(list(stage_dir.glob('*')))}"
-    run.mkdir(parents=True)
-    summary = {"experiment": job["experiment"], "seed": int(job["seed"]), "tag": job.get("tag"), "bits": bits}
-    summary |= {
-        "ste": job.get("ste"),
-        "status": "finished",
-        "diverged": False,
-        "checkpoint": str(run / "last.ckpt"),
-    }
-    (run / "summary.json").write_text(json.dumps(summary))
+    job_run(stage_dir / f"run{len(list(stage_dir.glob('*')))}", job)
 
 
 def composed(job: list[str], tmp_path: Path):

@@ -10,7 +10,7 @@ import pytest
 from src import reproduce
 from src.reproduce import Pipeline, load_profile, sweeps
 from tests.conftest import REPO
-from tests.runs import fake_data
+from tests.runs import fake_data, job_run
 
 
 def test_profiles_inherit_from_paper_and_replace_lists():
@@ -46,19 +46,10 @@ def test_sweeps_group_jobs_into_few_multiruns():
     assert len(sweeps(other_seed, ("ste", "quant.bits"))) == 2
 
 
-def finished(stage: Path, name: str, **fields) -> Path:
-    run = stage / name
+def finished(stage: Path, name: str, ste: str = "relu", bits: int = 2, **fields) -> Path:
+    """A run of job (experiment e, seed 0, ste, bits) in stage/name, written by src/runs' writer."""
+    run = job_run(stage / name, {"experiment": "e", "seed": 0, "ste": ste, "quant.bits": bits}, **fields)
     (run / "checkpoints").mkdir(parents=True)
-    summary = {
-        "experiment": "e",
-        "seed": 0,
-        "tag": None,
-        "bits": 2,
-        "ste": "relu",
-        "diverged": False,
-        "checkpoint": str(run / "checkpoints" / "last.ckpt"),
-    } | fields
-    (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text("seed: 0\n")
     return run
 
@@ -67,8 +58,8 @@ def test_launch_skips_done_runs_and_relaunches_unfinished_and_failed_ones_in_pla
     calls = []
     monkeypatch.setattr(reproduce, "run_hydra", lambda stage, args, launcher: calls.append(args))
     stage = tmp_path / "table1"
-    finished(stage, "done", ste="relu")  # an older summary without "status": finished
-    finished(stage, "diverged", ste="clipped_relu", status="diverged", diverged=True)
+    finished(stage, "done", ste="relu")
+    finished(stage, "diverged", ste="clipped_relu", status="diverged")
     finished(stage, "failed", ste="ewgs", status="failed", reason="boom")
     (stage / "half").mkdir()
     (stage / "half" / "config.yaml").write_text("seed: 0\n")  # started, interrupted before summary.json
@@ -87,7 +78,7 @@ def test_launch_skips_done_runs_and_relaunches_unfinished_and_failed_ones_in_pla
 def test_later_stages_find_their_checkpoints(tmp_path):
     stage = tmp_path / "table1"
     run = finished(stage, "a", ste="clipped_relu", bits=4)
-    finished(stage, "b", ste="relu", bits=4, diverged=True)
+    finished(stage, "b", ste="relu", bits=4, status="diverged")
     job = {"experiment": "e", "seed": 0, "quant.bits": 4}
     assert reproduce.checkpoint_of(stage, job | {"ste": "clipped_relu"}) == str(
         run / "checkpoints" / "last.ckpt"
