@@ -355,9 +355,8 @@ class RunChecks(Callback):
     multirun, the failed jobs are named and the exit code is non-zero."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        HydraConfig.instance().set_config(
-            config
-        )  # run.dir's ${hydra:...} resolve only once it is set (Hydra's next step)
+        # run.dir's ${hydra:...} and the validation resolve only once HydraConfig is set (Hydra's next step anyway)
+        HydraConfig.instance().set_config(config)
         try:  # a bad input is one line before Hydra writes anything (the run dir, .hydra/, train.log)
             validate_job(config)
         except ConfigError as err:

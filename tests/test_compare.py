@@ -240,3 +240,32 @@ def test_default_run_dir_is_checked_without_a_warning(tmp_path):
     assert out.stderr.startswith("error: ") and "bits" in out.stderr
     assert "InterpolationResolutionError" not in out.stderr and "RunChecks" not in out.stderr
     assert not list((tmp_path / "outputs").rglob("*.json"))  # the rejected run left no files
+
+
+# ---- Figures 2 and 4: a verdict computed from the curve -------------------------------------------------------
+
+
+def slow_curve(accs: list[float], losses: list[float], slow_epochs: int) -> pd.DataFrame:
+    """metrics.csv as a frame: epoch 0 the start (validated), then ``slow_epochs`` at lr 1e-5, then lr 0.01."""
+    rows = [{"epoch": 0, "step": 0, "val/acc": accs[0], "train/loss": None, "lr": None}]
+    rows += [{"epoch": e, "step": 100 * e, "val/acc": a, "train/loss": l, "lr": 1e-5 if e <= slow_epochs else 0.01}
+             for e, (a, l) in enumerate(zip(accs[1:], losses, strict=True), start=1)]  # fmt: skip
+    return pd.DataFrame(rows).set_index("epoch")
+
+
+def test_figure_verdicts_follow_the_rule():
+    from src.report.sections import verdict
+
+    run = {"val_examples": 10000}
+    drop = slow_curve([90.0, 89.9, 85.0, 60.0, 30.0], [0.1, 0.2, 0.5, 1.5], slow_epochs=3)
+    half = 196 * math.sqrt(0.9 * 0.1 / 10000 + 0.6 * 0.4 / 10000)
+    assert verdict(run, drop) == (
+        f"repelled: val top-1 90.00 → 60.00 % in 300 steps at lr ≤ 1e-5 (Δ -30.00 ± {half:.2f} pt, 95 % CI; "
+        "train loss 0.10 → 0.50)"
+    )  # the lr-0.01 epoch (30 %) is not the instability
+    flat = slow_curve([71.0, 71.85, 71.3], [0.8, 0.79], slow_epochs=2)
+    assert verdict(run, flat).startswith("not repelled within 200 steps: val top-1 71.00 → 71.30 %")
+    rising = slow_curve([88.0, 87.9, 87.8], [0.24, 0.6], slow_epochs=2)  # accuracy flat, loss ×2.5
+    assert verdict(run, rising).startswith("repelled:")
+    assert verdict(run, slow_curve([90.0, 80.0], [0.1], slow_epochs=0)) == "no epoch at lr ≤ 1e-5: no verdict"
+    assert verdict(run, pd.DataFrame()) == "no curve: no verdict"

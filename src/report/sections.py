@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,38 @@ def figure_row(label: str, run: Run, curve: pd.DataFrame, spec: FigureSpec) -> l
     paper = [spec.paper_start.get(run["tag"]), spec.paper_final.get(run["tag"])]
     start = pair(at(curve, 0, "train/loss"), at(curve, 0, "val/acc"))
     epochs = f"{run['epochs']} / {run['max_epochs']}"
-    return [label, epochs, start, final, *(pair(*p) if p else "—" for p in paper)]
+    return [label, epochs, start, final, *(pair(*p) if p else "—" for p in paper), verdict(run, curve)]
+
+
+SLOW_LR = 1e-5  # the paper's probe of a minimum's stability (§4.2, Figures 2 and 4)
+RULE = (
+    "Verdict rule: over the epochs trained at lr ≤ 1e-5 from the starting minimum (epoch 0), the run is *repelled* "
+    "when its val top-1 falls by more than the 95 % CI of the change (binomial, both ends, N test images) or its "
+    "training loss at least doubles; otherwise *not repelled within* those steps."
+)
+
+
+def verdict(run: Run, curve: pd.DataFrame) -> str:
+    """'repelled: val top-1 71.30 → 24.10 % in 4,000 steps at lr 1e-5 (Δ −47.20 ± 1.30 pt, 95 % CI)' or
+    'not repelled within N steps …', computed from the run's curve by RULE."""
+    if "lr" not in curve or at(curve, 0, "val/acc") is None:
+        return "no curve: no verdict"
+    slow = [e for e in curve.index if e > 0 and curve.loc[e, "lr"] <= SLOW_LR * (1 + 1e-6)]
+    held = [e for i, e in enumerate(slow, start=1) if e == i]  # the consecutive 1e-5 epochs from the start
+    if not held or at(curve, held[-1], "val/acc") is None:
+        return "no epoch at lr ≤ 1e-5: no verdict"
+    end, n = held[-1], run["val_examples"]
+    a0, a1 = at(curve, 0, "val/acc"), at(curve, end, "val/acc")
+    steps = int(curve.loc[end, "step"] - curve.loc[0, "step"])
+    half = (
+        196 * math.sqrt((a0 / 100) * (1 - a0 / 100) / n + (a1 / 100) * (1 - a1 / 100) / n) if n else math.nan
+    )
+    l0, l1 = at(curve, 0, "train/loss") or at(curve, 1, "train/loss"), at(curve, end, "train/loss")
+    rose = l0 is not None and l1 is not None and l1 >= 2 * l0
+    repelled = a1 - a0 < -half or rose
+    what = f"val top-1 {a0:.2f} → {a1:.2f} % in {steps:,} steps at lr ≤ 1e-5 (Δ {a1 - a0:+.2f} ± {half:.2f} pt, 95 % CI"
+    what += f"; train loss {fmt(l0, 'train_loss')} → {fmt(l1, 'train_loss')})"
+    return f"repelled: {what}" if repelled else f"not repelled within {steps:,} steps: {what}"
 
 
 def what_ran(runs: list[Run]) -> tuple[str, int | None]:
@@ -149,12 +181,12 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     note = " Epoch 0's training loss is the starting run's final training loss (its summary)." * any(
         from_parent
     )
-    header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final"]
+    header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final", "verdict"]
     rows = [figure_row(*c, spec) for c in curves]
     return (
         f"## Figure {spec.number}\n\n{link}\n\n*{spec.caption} {ours} Epoch 0 is "
         f"the starting point's validation, epoch e the state after epoch e.{note}*\n\nTraining loss / "
-        f"validation accuracy (%):\n\n{md_table(header, rows)}\n"
+        f"validation accuracy (%):\n\n{md_table(header, rows)}\n\n{RULE}\n"
     )
 
 
