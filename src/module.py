@@ -131,7 +131,8 @@ class STEModule(pl.LightningModule):
     def on_validation_epoch_end(self):
         metrics = self._eval_metrics("val")
         if "val/acc" in metrics and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            if metrics["val/acc"] > self.best["val/acc_best"]:  # the best trained epoch, not the start
+            # the best trained epoch, not the start; an epoch whose loss is not finite (a diverged run's last) never
+            if metrics["val/acc"] > self.best["val/acc_best"] and torch.isfinite(metrics["val/loss"]):
                 self.best = {
                     "val/acc_best": float(metrics["val/acc"]),
                     "val/acc_best_epoch": self.current_epoch + 1,
