@@ -171,13 +171,15 @@ def binomial_se(acc_percent: float, examples: int | None) -> float | None:
 
 
 def show(s: Stat, digits: int = 2) -> tuple[str, str]:
-    """('93.10 ± 0.25', '[92.6, 93.6]') as the table shows a Stat (n = 1: the value alone, its binomial CI)."""
+    """('93.10 ± 0.25', '[92.6, 93.6]') as the table shows an accuracy's Stat (n = 1: the value alone, its binomial
+    CI); the interval is cut to [0, 100]."""
     if s.mean is None:
         return "—", "—"
     value = f"{s.mean:.{digits}f}" + (f" ± {s.std:.{digits}f}" if s.std is not None else "")
     if s.half is None:
         return value, "—"
-    ci = f"[{s.mean - s.half:.{digits}f}, {s.mean + s.half:.{digits}f}]"
+    low, high = max(s.mean - s.half, 0.0), min(s.mean + s.half, 100.0)  # an accuracy in % stays in [0, 100]
+    ci = f"[{low:.{digits}f}, {high:.{digits}f}]"
     return value, ci + (" (binomial, 1 run)" if s.how == "binomial" else "")
 
 
@@ -282,17 +284,20 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def compare_section(runs: list[Run], out: Path) -> str:
-    """The report's first section: every (model, data) block compared by the keys that differ in it."""
+def compare_section(runs: list[Run], out: Path | None) -> str:
+    """The report's first section: every (model, data, experiment) block compared by the keys that differ in it;
+    with ``out`` None (the README block) the tables and orderings alone, no figures."""
     found = blocks(runs)
     if not found:
         return "## Comparison\n\nNo finished or diverged runs to compare.\n"
-    parts = ["## Comparison\n", GUIDE]
+    parts = ["## Comparison\n", GUIDE] if out else []
     for where, groups in found.items():
         model, data, experiment = where
         name = f"{model} on {data}" + (f", experiment {experiment}" if experiment else "")
         n_runs = sum(len(g.runs) for g in groups)
-        parts.append(f"### {name}: {plural(len(groups), 'group')}, {plural(n_runs, 'run')}\n")
+        parts.append(
+            f"{'### ' if out else ''}{name}: {plural(len(groups), 'group')}, {plural(n_runs, 'run')}\n"
+        )
         parts.append(table(groups) + "\n")
         lines = orderings(groups)
         if lines:
@@ -301,7 +306,7 @@ def compare_section(runs: list[Run], out: Path) -> str:
                 + "\n".join(f"- {x}" for x in lines)
                 + "\n"
             )
-        parts += figures(where, groups, out)
+        parts += figures(where, groups, out) if out else []
     return "\n".join(parts)
 
 
