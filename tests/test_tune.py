@@ -3,7 +3,6 @@ config's own lr and weight decay), per-study sampler seeds, the one-SE tie rule,
 resuming an interrupted study, the holdout split (sizes, disjoint from training, deterministic, one-line errors) and
 the mnist_tune profile's tune / tuned stages."""
 
-import json
 import math
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import src.tune
 from src.config import ConfigError, validate
 from src.data.files import DataError
 from src.data.images import MNISTDataModule
-from src.runs import write_summary
+from src.runs import read_json, write_summary, write_tuning
 from src.train import run_config
 from src.tune import Pruning, compose_run, open_study, select, storage_url, tune
 from tests.conftest import REPO
@@ -52,7 +51,7 @@ def on_disk(out: Path, record: dict) -> list[dict]:
     runs = []
     for trial in record["trials"]:
         run = out / trial["run_dir"]
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_json(run / "summary.json")
         runs.append(summary | {"config": yaml.safe_load((run / "config.yaml").read_text())})
     return runs
 
@@ -82,7 +81,7 @@ def test_three_trial_search_tries_the_default_first_and_selects_within_one_se(tm
         assert run["config"]["optimizer"]["lr"] == trial["params"]["optimizer.lr"]
         assert run["config"]["optimizer"]["weight_decay"] == trial["params"]["optimizer.weight_decay"]
         assert 1e-3 <= trial["params"]["optimizer.lr"] <= 1.0 and run["config"]["data"]["holdout"] == 64
-    assert json.loads((out / "tuning.json").read_text()) == record
+    assert read_json(out / "tuning.json") == record
 
 
 def test_an_interrupted_study_resumes_and_continues_the_trial_count(tmp_path, monkeypatch):
@@ -224,7 +223,7 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_its_summary_says_so(tmp_
                         distributions=grid, value=99.0, intermediate_values={1: 99.0}))  # fmt: skip
     record = tune(out, overrides, SPACE | {"n_trials": 6})
     pruned = record["trials"][0]
-    summary = json.loads((out / pruned["run_dir"] / "summary.json").read_text())
+    summary = read_json(out / pruned["run_dir"] / "summary.json")
     assert pruned["state"] == "PRUNED" and pruned["run_status"] == "pruned" and summary["status"] == "pruned"
     assert summary["epochs"] == 1 and summary["max_epochs"] == 2 and list(pruned["intermediate"]) == ["1"]
     assert summary["reason"].startswith("pruned by MedianPruner after epoch 1: holdout top-1 ")
@@ -316,7 +315,7 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
             "value": 99.0,
         }
         where.mkdir(parents=True)
-        (where / "tuning.json").write_text(json.dumps({"complete": True, "n_trials": 20, "best": best}))
+        write_tuning(where, {"complete": True, "n_trials": 20, "best": best})
         return 0, where / "log"
 
     monkeypatch.setattr(reproduce, "run_hydra", fake_hydra)
