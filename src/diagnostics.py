@@ -1,4 +1,4 @@
-"""Inside the STE (issue 13): per-layer diagnostics of every quantized activation and the disagreement of STEs.
+"""Inside the STE: per-layer diagnostics of every quantized activation and the disagreement of STEs.
 
 ``Diagnostics`` (a Lightning callback, conf/train.yaml ``callbacks.diagnostics``) logs each epoch, for every
 QuantReLU with ``bits`` set, in model order, under its module name relative to the model (``0``, ``4.body.2``):

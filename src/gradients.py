@@ -1,4 +1,4 @@
-"""Full-batch coarse gradients at a checkpoint (issue 19, item 1), for every STE at the same weights:
+"""Full-batch coarse gradients at a checkpoint, for every STE at the same weights:
 ``python -m src.gradients <run dir | .ckpt> [key=value ...] [--stes identity,relu,clipped_relu] [--subset N]``.
 
 ḡ_s, the gradient of the mean training loss under STE s, is the deep-net counterpart of E_Z[g_s] in Lemma 9: at a

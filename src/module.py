@@ -46,7 +46,8 @@ class STEModule(pl.LightningModule):
         max_loss: float = math.inf,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)  # in the checkpoint; W&B gets the flat config (src.train)
+        # the run's config rides along in the checkpoint; W&B gets the flat config from src.train instead
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         if model is None:
             model, optimizer, scheduler = build_from_config(config, in_shape, num_classes)
         self.model, self.optimizer_factory, self.scheduler_factory = model, optimizer, scheduler

@@ -273,7 +273,7 @@ class Pipeline:
         return self.from_table1("fig4", "fig4_relu_2bit", "relu", 2, ["clipped_relu"])
 
     def wxa(self) -> bool:
-        """Weights × activations (issue 12): each ``weights`` setting × ``bits`` × ``stes``, from each seed's FP
+        """Weights × activations: each ``weights`` setting × ``bits`` × ``stes``, from each seed's FP
         checkpoint; one multirun per weight setting."""
         jobs = []
         for net in self.p["nets"]:

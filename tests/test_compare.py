@@ -248,8 +248,8 @@ def test_default_run_dir_is_checked_without_a_warning(tmp_path):
 def slow_curve(accs: list[float], losses: list[float], slow_epochs: int) -> pd.DataFrame:
     """metrics.csv as a frame: epoch 0 the start (validated), then ``slow_epochs`` at lr 1e-5, then lr 0.01."""
     rows = [{"epoch": 0, "step": 0, "val/acc": accs[0], "train/loss": None, "lr": None}]
-    rows += [{"epoch": e, "step": 100 * e, "val/acc": a, "train/loss": l, "lr": 1e-5 if e <= slow_epochs else 0.01}
-             for e, (a, l) in enumerate(zip(accs[1:], losses, strict=True), start=1)]  # fmt: skip
+    rows += [{"epoch": e, "step": 100 * e, "val/acc": acc, "train/loss": loss, "lr": 1e-5 if e <= slow_epochs else 0.01}
+             for e, (acc, loss) in enumerate(zip(accs[1:], losses, strict=True), start=1)]  # fmt: skip
     return pd.DataFrame(rows).set_index("epoch")
 
 

@@ -576,7 +576,7 @@ def test_readme_block_gets_the_headline_rows_of_this_profile(table_root: Path, t
     assert "| CIFAR10 | VGG11 | 4 |" not in block  # only rows that ran (the fixture has no VGG11 4-bit runs)
 
 
-# --- weights × activations (issue 12) -----------------------------------------------------------------------------
+# --- weights × activations -----------------------------------------------------------------------------
 
 WXA = {  # (wquant name, bits, scale, activation bits) -> final val_acc of seeds 0 and 1; bits as conf/wquant has them
     ("fp", None, None, 2): (99.0, 98.8),
@@ -654,7 +654,7 @@ def test_weight_quantized_runs_stay_out_of_table1_and_carry_their_bits(wxa_root:
     assert "Runs found: 20 (Table 1 2, weights × activations 18)" in text
 
 
-# --- paper schedule vs tuned (issue 12) ---------------------------------------------------------------------------
+# --- paper schedule vs tuned ---------------------------------------------------------------------------
 
 
 def optimizer(lr: float, wd: float) -> dict:
@@ -767,7 +767,7 @@ def test_readme_block_gets_the_wxa_and_tuned_tables(wxa_root: Path, tune_root: P
     assert "Paper schedule vs tuned:" in tune and "| 0.0123 / 3e-05 |" in tune and "Weights ×" not in tune
 
 
-# --- inside the STE (issue 13) ------------------------------------------------------------------------------------
+# --- inside the STE ------------------------------------------------------------------------------------
 
 LAYERS = ("features.3", "classifier.1")  # model order, which is not the alphabetical one
 SATURATED = {"relu": 0.2, "clipped_relu": 0.4}  # + 0.01 seed + 0.1 layer index + 0.001 epoch
@@ -775,7 +775,7 @@ COSINE = {("relu", "clipped_relu"): 0.8, ("clipped_relu", "relu"): 0.6}  # + 0.1
 
 
 def diag_row(ste: str, seed: int, epoch: int) -> dict:
-    """One metrics.csv row with the diagnostics of issue 13; the descent probe runs at epochs 0 and 2 only."""
+    """One metrics.csv row with the diagnostics; the descent probe runs at epochs 0 and 2 only."""
     row = {"epoch": epoch, "step": 10 * epoch, "val/acc": 90.0 + epoch}
     for i, layer in enumerate(LAYERS):
         row[f"diag/{layer}/below"] = 0.5 - 0.1 * i

@@ -1,4 +1,4 @@
-"""Inside the STE (issue 13): per-layer diagnostics, STE disagreement and the descent probe, from metrics.csv.
+"""Inside the STE: per-layer diagnostics, STE disagreement and the descent probe, from metrics.csv.
 
 Columns read (absent ones are skipped): ``diag/<layer>/{below,saturated,level_entropy,grad_norm}``,
 ``disagree/<ste>`` (cosine of this run's weight gradient with that STE's), ``descent/{coarse,random,fp}/<t>``
@@ -229,7 +229,7 @@ def start_probe(kind: str, runs: list[Run], out: Path) -> list[str]:
 
 
 INTRO = (
-    "Diagnostics logged by the runs (issue 13), one colour per STE, mean over seeds with a min–max band: per "
+    "Diagnostics logged by the runs, one colour per STE, mean over seeds with a min–max band: per "
     "quantized activation (model order) the fraction of pre-activations at or below 0 and above the clip point "
     "(saturated), the entropy of the level occupancy (bits) and the gradient norm reaching it; the cosine between "
     "this run's weight gradient and each paper STE's on a fixed probe batch; and the descent probe: the change of "

@@ -18,7 +18,7 @@ LABELS = {
     "val/acc": "validation accuracy (%)",
     "val/loss": "validation loss",
     "val/population_loss": "population loss f(v, w)",
-    # the diagnostics of issue 13, by the last part of their name (diag/<layer>/<name>, descent/<name>)
+    # the diagnostics, by the last part of their name (diag/<layer>/<name>, descent/<name>)
     "below": "fraction at or below 0",
     "saturated": "fraction saturated (above c)",
     "level_entropy": "level entropy (bits)",
@@ -163,7 +163,7 @@ def panel_name(column: str) -> str:
     return f"t = {parts[2]}" if len(parts) == 3 else parts[-1]
 
 
-# the descent probe's directions (issue 13): the run's coarse gradient, a random one, the float ReLU's gradient
+# the descent probe's directions: the run's coarse gradient, a random one, the float ReLU's gradient
 DIRECTIONS = {"coarse": ("k", "-"), "fp": ("C7", "--"), "random": ("C7", ":")}
 
 

@@ -1,4 +1,4 @@
-"""Paper schedule vs tuned (issue 12): per STE and bit width, the paper's lr / weight decay and its final accuracy
+"""Paper schedule vs tuned: per STE and bit width, the paper's lr / weight decay and its final accuracy
 beside the tuned lr / weight decay (an Optuna study per STE), its best holdout value and its retrained accuracy.
 
 Layout: <root>/tune/<ste>-<bits>bit/tuning.json with the study's trial run dirs beside it (Run.kind ``tune``),

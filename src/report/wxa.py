@@ -1,4 +1,4 @@
-"""Weights × activations (issue 12): final accuracy per weight quantizer (rows) and activation bit width (columns).
+"""Weights × activations: final accuracy per weight quantizer (rows) and activation bit width (columns).
 
 The W×A runs are Run.kind ``wxa``: every weight-quantized run, and the float-weight runs of the ``wxa`` stage dir
 (the sweep's float row). A cell averages runs that differ in their seed alone, as Table 1's cells do.
