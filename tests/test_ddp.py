@@ -31,6 +31,12 @@ def run_args(tmp_path: Path, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
+def train_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m src.train <args>`` from the repo root, one torch thread per rank."""
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false"]
 
 
@@ -38,14 +44,7 @@ DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "train
 def test_two_ranks_one_run_dir_whole_val_set_and_a_checkpoint_one_process_resumes(tmp_path):
     run_dir = tmp_path / "ddp"
     args = [*run_args(tmp_path, epochs=2), *DDP_CPU, f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = train_cli(args)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir() if p.name != "data"] == ["ddp"]  # one run dir, no second one
     # rank 1 writes only its own log (Lightning names its Hydra job train_ddp_process_1): no run file twice
@@ -99,14 +98,7 @@ def test_imagefolder_resnet18_under_two_ranks_validates_every_image_once(tmp_pat
         "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false", *DDP_CPU,
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = train_cli(args)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["model"] == "resnet18"
