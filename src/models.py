@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.models_imagenet import ResNet18
 from src.quant import QuantReLU
 from src.quant.weights import WeightQuantizer, quantize_weights
 
@@ -194,5 +195,4 @@ class TwoLayer(nn.Module):
 
 register("two_layer")(TwoLayer)
 
-
-import src.models_imagenet  # noqa: E402, F401  (registers resnet18; ImageNet models live there)
+register("resnet18")(ResNet18)  # ImageNet models live in src/models_imagenet.py
