@@ -81,7 +81,7 @@ def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
     """{(model, data, experiment): its groups}: the runs that ran (finished or diverged, not debug runs), grouped by
     the keys that differ between them."""
     out = {}
-    ran = [r for r in runs if r.done and not r["debug"]]
+    ran = [r for r in runs if r.done and not r["debug"] and r.kind != "tune"]  # trials: the tuning section's
     for where in dict.fromkeys(block_of(r) for r in ran):
         mine = [r for r in ran if block_of(r) == where]
         settings = [setting(r) for r in mine]
@@ -128,12 +128,19 @@ def grouping_keys(settings: list[dict]) -> list[str]:
     return kept
 
 
+def value_text(key: str, value) -> str:
+    """A grouping value as a label shows it: floats to 3 significant digits, no bits as 'float'."""
+    if key == "quant.bits" and value is None:
+        return "float"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def label(keys: list[str], s: dict, usual: dict) -> str:
     """'ste=relu, bits=2, lr=0.1': the preferred keys (STE, bits, ...) always, any other grouping key only where
     this group's value is not the block's most common one; 'all runs' when nothing differs."""
     shown = [k for k in keys if (k in PREFERRED or repr(s.get(k)) != usual[k])]
     shown = [k for k in shown if s.get(k) is not None or k == "quant.bits"]  # a float run has no STE
-    parts = [f"{short(k)}={'float' if k == 'quant.bits' and s.get(k) is None else s.get(k)}" for k in shown]
+    parts = [f"{short(k)}={value_text(k, s.get(k))}" for k in shown]
     return ", ".join(parts) or "all runs"
 
 
