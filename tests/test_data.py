@@ -567,9 +567,9 @@ def test_setup_reuses_what_prepare_data_read(tmp_path, monkeypatch):
         ({"batch_size": 0}, "data.batch_size must be a positive integer, got 0"),
         ({"val_batch_size": 2.5}, "data.val_batch_size must be a positive integer"),
         ({"train_subset": -1}, "data.train_subset must be a positive integer"),
-        ({"mean": (0.5, 0.5)}, "data.mean and data.std need 1 values"),
-        ({"std": (0.0,)}, "std > 0"),
-        ({"crop_padding": -1}, "data.crop_padding must be >= 0"),
+        ({"mean": (0.5, 0.5)}, "data.mean needs 1 finite number, one per channel of MNIST's images"),
+        ({"std": (0.0,)}, "data.std needs 1 finite number > 0"),
+        ({"crop_padding": -1}, "data.crop_padding must be an integer >= 0"),
     ],
 )
 def test_bad_image_arguments_fail_at_construction(kwargs, expected):
