@@ -66,7 +66,9 @@ def test_a_sweep_and_a_separate_run_share_one_table_and_one_figure(sweeps, tmp_p
         row = table[f"ste={ste}"]
         assert row["n"] == "2" and row["seeds"] == "0, 1"
         assert row["final top-1 (%)"] == f"{mean:.2f} ± {sd:.2f}"
-        assert row["95 % CI"] == f"[{mean - half:.2f}, {mean + half:.2f}]"
+        assert (
+            row["95 % CI"] == f"[{max(mean - half, 0):.2f}, {min(mean + half, 100):.2f}]"
+        )  # a % stays in [0, 100]
     one = read_run(sweeps[1] / "leaky_clipped_relu-s0")
     se = 100 * math.sqrt(one["val_acc"] / 100 * (1 - one["val_acc"] / 100) / one["val_examples"])
     leaky = table["ste=leaky_clipped_relu, ste.eps=0.1"]
