@@ -15,10 +15,10 @@ from src.models import build_model
 from src.module import STEModule
 from src.quant import WQUANTS, WSTES, QuantReLU, lloyd_alpha, quantize_weights, weight_quantizer
 from src.quant.weights import QuantConv2d, QuantLinear
-from src.reproduce import matches
+from src.reproduce import find
 from src.train import train
 from tests.conftest import REPO
-from tests.runs import fast_cfg, make_cfg
+from tests.runs import fast_cfg, job_run, make_cfg
 from tests.test_profiles import planned_jobs
 
 # Two output channels of four weights (a Linear(4, 2) weight); no w/s lands on a rounding tie (x.5) below.
@@ -264,19 +264,11 @@ def test_wxa_profile_plans_every_weight_and_activation_pair(tmp_path, monkeypatc
     }
 
 
-def test_a_done_run_matches_only_its_own_weights():
-    run = {
-        "experiment": "lenet5_mnist",
-        "seed": 0,
-        "tag": None,
-        "bits": 2,
-        "ste": "clipped_relu",
-        "weights": "2",
-    }
+def test_a_done_run_matches_only_its_own_weights(tmp_path):
     job = {"experiment": "lenet5_mnist", "seed": 0, "quant.bits": 2, "ste": "clipped_relu"}
-    assert matches(run, job | {"wquant": "uniform", "wquant.bits": 2})
-    assert not matches(run, job | {"wquant": "uniform", "wquant.bits": 4})
-    assert not matches(run, job)  # float weights
-    assert matches(run | {"weights": None}, job) and matches(
-        {k: v for k, v in run.items() if k != "weights"}, job
-    )
+    job_run(tmp_path / "w2", job | {"wquant": "uniform", "wquant.bits": 2})
+    assert find(tmp_path, job | {"wquant": "uniform", "wquant.bits": 2}).path.name == "w2"
+    assert find(tmp_path, job | {"wquant": "uniform", "wquant.bits": 4}) is None
+    assert find(tmp_path, job) is None  # a job that names no weight quantizer means float weights
+    job_run(tmp_path / "float", job)
+    assert find(tmp_path, job).path.name == "float"
