@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue 10, for a session that has a GPU (≤ 10 minutes on one H100-class GPU):
+# The one prepared GPU check (parity, speed, a short fine-tune), for a session that has a GPU (≤ 10 minutes on one H100-class GPU):
 #   1. CPU vs GPU parity of one train step per model × STE       (bench_train.py --sections parity)
 #   2. step-time ratios, memory, framework vs bare epoch (data on the device), 1/2/4/8 concurrent ResNet-20 runs,
 #      K = 1/2/4/8 LeNet-5 runs stacked into one model (src/stack.py) against the K one by one
