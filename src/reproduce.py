@@ -1,7 +1,7 @@
 """The paper's protocol end to end: ``python -m src.reproduce --profile <conf/pipeline name>`` (``make reproduce``).
 
 Stages, in order (Yin et al. 2019, §4): full-precision pretraining → Table 1 sweeps (STE × bits × seed, each from its
-FP checkpoint) → Figure 2 (identity STE from the 4-bit relu / clipped_relu minima) → Figure 4 (relu STE from the
+FP checkpoint) → optionally the coarse gradients at those minima (src.gradients) → Figure 2 (identity STE from the 4-bit relu / clipped_relu minima) → Figure 4 (relu STE from the
 2-bit clipped_relu minimum) → the two-layer model (theory figures, certificate, training per STE) → report.
 Runs land in <out>/<stage>/<run_name>/; a run whose summary.json says finished or diverged is skipped, so re-running
 after an interruption continues: an unfinished or failed run is launched again into its own dir, where src.train
@@ -265,6 +265,24 @@ class Pipeline:
                 }
             )
         return self.run(stage, jobs, sweep=("tag",))
+
+    def gradients(self) -> bool:
+        """The full-batch coarse gradient of the paper's STEs at every done Table-1 quantized run (src.gradients,
+        the profile's ``gradients`` options), written into the run's dir where the report finds it. Only the
+        command line's data.* overrides (where the data is, checksums) reach it: the run's config is the rest."""
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in self.p.get("gradients", {}).items()]
+        data = [o for o in self.extra if o.startswith("data.")]
+        ran = False
+        for summary in sorted((self.out / "table1").glob("*/summary.json")):
+            run = read_run(summary.parent)
+            if run.status != "finished" or (run.path / "gradients.json").exists():
+                continue
+            args = [str(run.path), *flags, *data]
+            code, log = run_logged(self.out / "gradients", [sys.executable, "-m", "src.gradients", *args], args)
+            if code:
+                raise JobsFailed(f"{last_line(log)}; log: {log}")
+            ran = True
+        return ran
 
     def fig2(self) -> bool:
         return self.from_table1("fig2", "fig2_identity_repelled", "identity", 4, ["relu", "clipped_relu"])
