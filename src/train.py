@@ -53,6 +53,25 @@ def train(cfg: DictConfig) -> dict:
 
     Every check (config, data, model, checkpoints) comes before the first file is written.
     """
+    run_dir, resume, datamodule, module = build(cfg)
+    record_start(cfg, run_dir, resumed=bool(resume))
+    loggers = build_loggers(cfg, run_dir)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg))
+    log.info("run %s in %s%s", cfg.run_name, run_dir, f", resumed from {resume}" if resume else "")
+    try:
+        if not resume:  # the starting point's val metrics: metrics.csv row 0 (Figures 2 and 4 start there)
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    finally:
+        finish_wandb(loggers)
+    return write_summary(cfg, trainer, module, run_dir)
+
+
+def build(cfg: DictConfig) -> tuple[Path, str | None, pl.LightningDataModule, STEModule]:
+    """Check ``cfg`` and build its run: (run dir, checkpoint to resume or None, datamodule, module), nothing written.
+
+    The stacked launcher (src/stacked) builds each of its jobs here, so a slice starts exactly as the run alone.
+    """
     validate(cfg)
     take_share(cfg.share)
     run_dir = Path(cfg.paths.output_dir)
@@ -80,17 +99,7 @@ def train(cfg: DictConfig) -> dict:
     )
     if cfg.init.checkpoint and not resume:
         load_weights(module, cfg.init.checkpoint)
-    record_start(cfg, run_dir, resumed=bool(resume))
-    loggers = build_loggers(cfg, run_dir)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg))
-    log.info("run %s in %s%s", cfg.run_name, run_dir, f", resumed from {resume}" if resume else "")
-    try:
-        if not resume:  # the starting point's val metrics: metrics.csv row 0 (Figures 2 and 4 start there)
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    finally:
-        finish_wandb(loggers)
-    return write_summary(cfg, trainer, module, run_dir)
+    return run_dir, resume, datamodule, module
 
 
 def build_callbacks(cfg: DictConfig) -> list:
