@@ -13,7 +13,9 @@ weights src.diagnostics compares STEs on; a model without any, two_layer, by par
 
 in one pass over the data (the two-layer model's Gaussian data are drawn fresh on each pass), accumulated in
 float64, in eval mode: BN normalises with its running statistics and α is the run's (fixed or learned). Per
-variant: each layer's norm and the total; between variants: the cosine overall and per layer. Writes
+variant: each layer's norm and the total, and the total's sampling noise ‖SE(ḡ)‖ (from the spread of the batch
+gradients: a ‖ḡ‖ within a few ‖SE‖ is zero up to sampling error); between variants: the cosine overall and per
+layer. Writes
 gradients.json and gradients.md to --out (default: the run dir). Key=value overrides change the saved config as in
 src.evaluate (``data.root=/elsewhere``; ``data.batch_size=1000`` is faster and changes nothing but rounding).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shlex
 import sys
 from functools import partial
@@ -60,27 +63,44 @@ def variants(model: nn.Module, stes) -> dict:
     return out | {FLOAT: partial(float_relu, model)}
 
 
-def full_batch_gradients(model: nn.Module, loss_fn, batches, stes=PAPER_STES) -> tuple[Grads, int]:
-    """ḡ of every variant (``variants``) and the number of examples: each batch's mean-loss gradient weighted by
-    its size, so ḡ is the gradient of the mean loss over all of ``batches`` (pairs (x, y)); one pass, eval mode."""
+def full_batch_gradients(model: nn.Module, loss_fn, batches, stes=PAPER_STES) -> tuple[Grads, int, dict]:
+    """ḡ of every variant (``variants``), the number of examples N and each ḡ's sampling noise: ḡ weights each
+    batch's mean-loss gradient g_b by its size n_b, so it is the gradient of the mean loss over all of ``batches``
+    (pairs (x, y)); one pass, eval mode. The noise is ‖SE(ḡ)‖, the norm of ḡ's standard error as an estimate of
+    the expected gradient E[g] over the data's distribution: Σ n_b² (g_b − ḡ)² / N² per coordinate, × B/(B−1) for
+    B batches (exact for equal batches), summed over coordinates; None for one batch."""
     params = weight_params(model)
     contexts = variants(model, stes)
     device = next(model.parameters()).device
-    sums = {label: [torch.zeros_like(p, dtype=torch.float64) for p in params.values()] for label in contexts}
-    count = 0
+    zeros = lambda: [torch.zeros_like(p, dtype=torch.float64) for p in params.values()]  # noqa: E731
+    # per label: Σ n_b g_b, Σ n_b² g_b, Σ n_b² g_b² (coordinate-wise)
+    sums = {label: (zeros(), zeros(), zeros()) for label in contexts}
+    count, squares, nb = 0, 0, 0
     with eval_mode(model):
         for x, y in batches:
             x, y = x.to(device), y.to(device)
+            n = len(y)
             for label, context in contexts.items():
                 with context():
                     grads = weight_grads(model, loss_fn, (x, y), list(params.values()))
-                sums[label] = [s + g.double() * len(y) for s, g in zip(sums[label], grads, strict=True)]
-            count += len(y)
+                for s, c, q, g in zip(*sums[label], grads, strict=True):
+                    g = g.double()
+                    s += g * n
+                    c += g * n**2
+                    q += g.square() * n**2
+            count, squares, nb = count + n, squares + n**2, nb + 1
     if count == 0:
         raise ConfigError("no training examples to average the gradient over")
-    return {
-        label: {n: s / count for n, s in zip(params, ss, strict=True)} for label, ss in sums.items()
-    }, count
+    means = {label: [s / count for s in ss[0]] for label, ss in sums.items()}
+
+    def noise(label: str) -> float | None:
+        _, cross, sq = sums[label]
+        terms = zip(means[label], cross, sq, strict=True)
+        var = sum(float((q - 2 * m * c + m.square() * squares).sum()) for m, c, q in terms)
+        return math.sqrt(max(var, 0.0) * nb / (nb - 1)) / count if nb > 1 else None
+
+    grads = {label: dict(zip(params, ms, strict=True)) for label, ms in means.items()}
+    return grads, count, {label: noise(label) for label in contexts}
 
 
 def summarise(grads: Grads) -> dict:
@@ -122,7 +142,7 @@ def gradients_at(path, overrides=(), stes=PAPER_STES, subset: int | None = None,
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = module.model.to(device)
-    grads, count = full_batch_gradients(model, module.loss_fn, datamodule.train_dataloader(), stes)
+    grads, count, noise = full_batch_gradients(model, module.loss_fn, datamodule.train_dataloader(), stes)
     layers = quantized_layers(model)
     return {
         "checkpoint": str(checkpoint_file(str(path))),
@@ -137,6 +157,7 @@ def gradients_at(path, overrides=(), stes=PAPER_STES, subset: int | None = None,
         "overrides": [*overrides, *extra],
         "variants": list(grads),
         "layers": list(next(iter(grads.values()))),
+        "noise": noise,  # ‖SE(ḡ)‖ per variant: ‖ḡ‖ near it is zero within sampling error
     } | summarise(grads)
 
 
@@ -153,13 +174,14 @@ def markdown(record: dict, command: str) -> str:
         f"`{command}` — checkpoint `{record['checkpoint']}`; {record['examples']} examples ({record['split']}); "
         f"eval-mode BN; the run's α; own STE `{own}`; gradients of {record['weights']}.",
         "",
-        f"| backward | ‖ḡ‖ | ‖ḡ‖ / ‖ḡ_{own}‖ | cos(ḡ, ḡ_{own}) | cos(ḡ, ḡ_{FLOAT}) |",
-        "|---|---|---|---|---|",
+        f"| backward | ‖ḡ‖ | ‖SE(ḡ)‖ | ‖ḡ‖ / ‖ḡ_{own}‖ | cos(ḡ, ḡ_{own}) | cos(ḡ, ḡ_{FLOAT}) |",
+        "|---|---|---|---|---|---|",
     ]
     for a in labels:
         cos = record["cosine"][a]
         lines.append(
-            f"| {a} | {fmt(norms[a]['total'])} | {fmt(record['ratio_to_own'][a])} | {fmt(cos[own])} | {fmt(cos[FLOAT])} |"
+            f"| {a} | {fmt(norms[a]['total'])} | {fmt(record.get('noise', {}).get(a))} | "
+            f"{fmt(record['ratio_to_own'][a])} | {fmt(cos[own])} | {fmt(cos[FLOAT])} |"
         )
     lines += [
         "",

@@ -56,7 +56,7 @@ def test_full_batch_coarse_gradient_matches_the_closed_forms_at_the_two_layer_mi
     v, w = (spurious_minimizer(v_star), -1.3 * w_star) if where == "spurious" else (v_star, 1.3 * w_star)
     model, batches = two_layer(tmp_path, v, w), teacher_batches(v_star, w_star)
     loss = LOSSES[model.loss]
-    grads, count = full_batch_gradients(model, loss, batches)
+    grads, count, noise = full_batch_gradients(model, loss, batches)
     per_batch = [full_batch_gradients(model, loss, [b])[0] for b in batches]
     assert count == BATCHES * BATCH and list(grads) == ["clipped_relu", "identity", "relu", FLOAT]
     for ste in PAPER_STES:
@@ -66,11 +66,14 @@ def test_full_batch_coarse_gradient_matches_the_closed_forms_at_the_two_layer_mi
             se = spread.std(dim=0) / math.sqrt(BATCHES)
             # + 1e-12: at the global minimizer every sample's residual is 0, so ĝ, E g and SE are 0 (to rounding)
             assert torch.all((grads[ste][key] - expected[key]).abs() <= Z_MAX * se + 1e-12), (ste, key)
-        noise = float(torch.stack([g[ste]["w"] for g in per_batch]).std(dim=0).norm()) / math.sqrt(BATCHES)
+        # ‖SE(ḡ)‖ over every coordinate: equal batches, so the batch means' sample std / √B, coordinate-wise
+        spread = torch.cat([torch.stack([g[ste][k] for g in per_batch]) for k in ("v", "w")], dim=1)
+        assert noise[ste] == pytest.approx(float(spread.std(dim=0).norm()) / math.sqrt(BATCHES), rel=1e-9)
+        noise_w = float(torch.stack([g[ste]["w"] for g in per_batch]).std(dim=0).norm()) / math.sqrt(BATCHES)
         if ste == "identity" and where == "spurious":
             lemma9 = 2 * (M - 1) * float(v_star.sum()) ** 2 / (math.sqrt(2 * math.pi) * (M + 1) ** 2)
             assert float(expected["w"].norm()) == pytest.approx(lemma9, rel=1e-12)
-            assert float(grads[ste]["w"].norm()) > 20 * noise  # non-zero, far outside the noise
+            assert float(grads[ste]["w"].norm()) > 20 * noise_w  # non-zero, far outside the noise
         else:
             assert float(expected["w"].norm()) < 1e-12  # the closed form vanishes here
     assert torch.equal(model.w, w.to(model.w)) and {model.act.ste.name} == {"clipped_relu"}  # nothing changed
@@ -116,7 +119,7 @@ def test_the_command_on_a_lenet5_run_equals_direct_autograd(tmp_path):
     x, y = (
         torch.cat(t) for t in zip(*dm.train_dataloader(), strict=True)
     )  # the whole training set, one batch
-    grads, _ = full_batch_gradients(module.model, module.loss_fn, dm.train_dataloader(), ["identity"])
+    grads, _, _ = full_batch_gradients(module.model, module.loss_fn, dm.train_dataloader(), ["identity"])
     ident = identity_copy(module, config)
     for label, model in (
         ("clipped_relu", module.model),
