@@ -28,7 +28,7 @@ class StackedModels(nn.Module):
     dict, which the architecture's own ``load_state_dict`` takes (a checkpoint of one run).
     """
 
-    def __init__(self, models: list[nn.Module]):
+    def __init__(self, models: list[nn.Module], base: nn.Module | None = None):
         super().__init__()
         params, buffers = stack_module_state(models)  # name → (K, *shape)
         self.names = list(params), list(buffers)
@@ -37,8 +37,9 @@ class StackedModels(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(_key(name), value)
         # the architecture without storage, in a list so that it is no submodule (its meta weights stay out):
-        # functional_call runs it on slice k of the stacked tensors
-        self._base = [copy.deepcopy(models[0]).to("meta")]
+        # functional_call runs it on slice k of the stacked tensors. ``base``: another module with the same
+        # parameter and buffer names (src/stacked swaps its activations for one whose STE is per slice)
+        self._base = [copy.deepcopy(models[0] if base is None else base).to("meta")]
 
     def train(self, mode: bool = True):
         self._base[0].train(mode)
@@ -54,6 +55,28 @@ class StackedModels(nn.Module):
         with warnings.catch_warnings():  # in-place clamp_ has no batching rule yet: vmap loops over K for it
             warnings.filterwarnings("ignore", message="There is a performance drop")
             return vmap(one, randomness="different")(params, buffers, x)  # (K, B, ...)
+
+    def bind(self, models: list[nn.Module]) -> None:
+        """Make model k's parameters and buffers views of slice k (same tensor objects, new storage).
+
+        Then each model is its run: a per-run optimizer steps its parameters in place (so the stacked ones), the
+        stacked forward updates its BN statistics, and its state_dict is its slice (clone before saving: a
+        view pickles its whole storage). ``copy_grads`` hands each model its slice of the stacked gradient.
+        """
+        for k, model in enumerate(models):
+            for name, p in model.named_parameters():
+                p.data = getattr(self, _key(name)).data[k]
+            for name, b in model.named_buffers():
+                owner, _, leaf = name.rpartition(".")
+                model.get_submodule(owner)._buffers[leaf] = getattr(self, _key(name))[k]
+
+    def copy_grads(self, models: list[nn.Module]) -> None:
+        """Model k's .grad = slice k of the stacked gradient (a view: no copy); the stacked ones are cleared."""
+        for name in self.names[0]:
+            stacked = getattr(self, _key(name))
+            for k, model in enumerate(models):
+                model.get_parameter(name).grad = None if stacked.grad is None else stacked.grad[k]
+            stacked.grad = None
 
     def unstacked(self, k: int) -> dict[str, torch.Tensor]:
         """Model k's state dict (the architecture's own keys, in its order)."""
