@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from src.paths import REPO
+
 PACKAGES = (
     "torch",
     "torchvision",
@@ -21,7 +23,6 @@ PACKAGES = (
     "wandb",
     "numpy",
 )
-REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:

@@ -41,8 +41,8 @@ from optuna.pruners import MedianPruner
 from optuna.trial import TrialState
 
 from src.config import ConfigError, validate
-from src.provenance import REPO
-from src.reproduce import pipeline_lock
+from src.lock import pipeline_lock
+from src.paths import REPO
 from src.rundir import SaveError
 from src.runs import DONE, read_json, write_json
 from src.runs import write_tuning as save_tuning

@@ -489,7 +489,7 @@ def test_tune_refusal_is_one_line_and_leaves_no_study_dir_or_lock(tmp_path, args
 def test_a_failed_pipeline_stage_names_the_jobs_own_reason(tmp_path):
     """src.reproduce reads a failed multirun's log: the job's own error line, else Hydra's message joined
     (an override it could not apply), never Hydra's "Set the environment variable HYDRA_FULL_ERROR=1" hint."""
-    from src.reproduce import last_line
+    from src.reproduce.supervise import last_line
 
     log = tmp_path / "stage.log"
     log.write_text("python -m src.train -m bogus=1\nCould not override 'bogus'.\nTo append to your config use "

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from src.report.__main__ import main as report
 from src.report.compare import Group, binomial_se, difference, ordering, stat, t975
-from src.reproduce import find
+from src.reproduce.jobs import find
 from src.runs import SCHEMA, read_json, read_run, write_json
 from src.train import build_loggers, finish_wandb, train
 from tests.conftest import REPO

@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import reproduce
+from src.lock import pipeline_lock
+from src.reproduce import jobs, profile
+from src.reproduce.cli import main
+from src.reproduce.supervise import GRACE_S
 from tests.conftest import REPO
 from tests.runs import fake_data, job_run
 
@@ -58,11 +61,12 @@ sys.exit("error: 1 of 1 jobs failed: lenet5-mnist-fp-s0")
 DRIVER = """
 import sys
 from pathlib import Path
-from src import reproduce
-reproduce.PROFILES = Path(sys.argv[1])
+from src.reproduce import jobs, profile
+from src.reproduce.cli import main
+profile.PROFILES = Path(sys.argv[1])
 if sys.argv[2]:
-    reproduce.train_command = lambda stage_dir, *_: [sys.executable, "-c", sys.argv[2], str(stage_dir)]
-reproduce.main(sys.argv[3:])
+    jobs.train_command = lambda stage_dir, *_: [sys.executable, "-c", sys.argv[2], str(stage_dir)]
+main(sys.argv[3:])
 """
 
 
@@ -72,7 +76,7 @@ def profiles(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "profiles"
     folder.mkdir()
     (folder / "test.yaml").write_text(yaml.safe_dump(PROFILE))
-    monkeypatch.setattr(reproduce, "PROFILES", folder)
+    monkeypatch.setattr(profile, "PROFILES", folder)
     return folder
 
 
@@ -116,7 +120,7 @@ def test_second_pipeline_on_the_same_dir_is_refused_in_one_line(tmp_path, profil
     try:
         run, pids = running_stand_in(out)
         with pytest.raises(SystemExit) as refused:  # the same command again, here in this process
-            reproduce.main(["--profile", "test", "--out", str(out)])
+            main(["--profile", "test", "--out", str(out)])
         assert str(refused.value) == f"error: another pipeline is running on {out} (pid {first.pid})"
         before = sizes(run)
         time.sleep(0.3)
@@ -130,7 +134,7 @@ def test_second_pipeline_on_the_same_dir_is_refused_in_one_line(tmp_path, profil
 
 def test_refusal_from_the_command_line_is_one_line_and_non_zero(tmp_path):
     out = tmp_path / "out"
-    with reproduce.pipeline_lock(out):
+    with pipeline_lock(out):
         done = subprocess.run(
             [sys.executable, "-m", "src.reproduce", "--profile", "demo", "--out", str(out)],
             cwd=REPO,
@@ -154,7 +158,7 @@ def test_sigkill_of_the_pipeline_stops_its_multirun_and_frees_the_lock(tmp_path,
     before = sizes(run)
     time.sleep(0.3)
     assert sizes(run) == before  # nobody writes there any more
-    with reproduce.pipeline_lock(out):  # the dead pipeline's lock went with it
+    with pipeline_lock(out):  # the dead pipeline's lock went with it
         pass
 
 
@@ -179,11 +183,11 @@ def test_sigterm_stops_the_multirun_records_the_attempt_and_a_rerun_relaunches_i
 
 def test_failed_stage_names_its_failed_jobs_and_the_log(tmp_path, profiles, monkeypatch):
     monkeypatch.setattr(
-        reproduce, "train_command", lambda stage_dir, *_: [sys.executable, "-c", FAILS, str(stage_dir)]
+        jobs, "train_command", lambda stage_dir, *_: [sys.executable, "-c", FAILS, str(stage_dir)]
     )
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as failed:
-        reproduce.main(["--profile", "test", "--out", str(out)])
+        main(["--profile", "test", "--out", str(out)])
     (log,) = (out / "pretrain" / "logs").iterdir()
     assert str(failed.value) == (
         "error: stage pretrain failed: 1 job failed: lenet5-mnist-fp-s0 (error: bits must be 1-16); "
@@ -201,10 +205,10 @@ def test_pipeline_json_keeps_every_attempt_of_a_stage(tmp_path, profiles, monkey
         job_run(run, {"experiment": "lenet5_mnist", "seed": 0, "quant": "fp"})
         time.sleep(0.05)
 
-    monkeypatch.setattr(reproduce, "run_hydra", finish)
+    monkeypatch.setattr(jobs, "run_hydra", finish)
     out = tmp_path / "out"
     for _ in range(2):
-        reproduce.main(["--profile", "test", "--out", str(out)])
+        main(["--profile", "test", "--out", str(out)])
     stage = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]
     ran, skipped = stage["attempts"]
     assert ran["status"] == "ran" and skipped["status"] == "skipped" and ran["started"] <= skipped["started"]
@@ -212,12 +216,12 @@ def test_pipeline_json_keeps_every_attempt_of_a_stage(tmp_path, profiles, monkey
 
 
 def test_a_flat_record_from_before_attempts_becomes_the_first_attempt(tmp_path, profiles, monkeypatch):
-    monkeypatch.setattr(reproduce, "run_hydra", lambda *a: None)
+    monkeypatch.setattr(jobs, "run_hydra", lambda *a: None)
     out = tmp_path / "out"
     out.mkdir()
     old = {"profile": "test", "stages": {"pretrain": {"wall_time_s": 120.0, "skipped": False}}}
     (out / "pipeline.json").write_text(json.dumps(old))
-    reproduce.main(["--profile", "test", "--out", str(out)])
+    main(["--profile", "test", "--out", str(out)])
     stage = json.loads((out / "pipeline.json").read_text())["stages"]["pretrain"]
     assert [a["status"] for a in stage["attempts"]] == ["ran", "ran"]
     assert stage["attempts"][0] == {"started": None, "wall_time_s": 120.0, "status": "ran"}
@@ -228,9 +232,9 @@ def test_bad_out_or_profile_is_one_line_and_writes_nothing(tmp_path, profiles):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(SystemExit, match=r"^error: cannot write to --out .*a_file/out: Not a directory$"):
-        reproduce.main(["--profile", "test", "--out", str(blocker / "out")])
+        main(["--profile", "test", "--out", str(blocker / "out")])
     with pytest.raises(SystemExit, match="^error: unknown profile 'nope'; valid profiles: test$"):
-        reproduce.main(["--profile", "nope", "--out", str(tmp_path / "out")])
+        main(["--profile", "nope", "--out", str(tmp_path / "out")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "profiles"]
 
 
@@ -288,7 +292,7 @@ def test_sigkill_of_the_pipeline_stops_a_real_joblib_multirun(tmp_path, profiles
     finally:
         pipeline.kill()
         pipeline.wait()
-    wait_for(lambda: not members(group), reproduce.GRACE_S + 10, f"the processes of group {group} to die")
+    wait_for(lambda: not members(group), GRACE_S + 10, f"the processes of group {group} to die")
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import src.reproduce as reproduce
+from src.reproduce import jobs
+from src.reproduce.profile import load_profile
+from src.reproduce.stages import Pipeline
 from tests.runs import job_run, make_cfg
 
 
@@ -21,9 +23,9 @@ def planned_jobs(profile: str, tmp_path: Path, monkeypatch) -> dict[str, list[li
             launched.setdefault(stage_dir.name, []).append(job)
             write_summary(stage_dir, dict(a.split("=", 1) for a in job))
 
-    monkeypatch.setattr(reproduce, "run_hydra", fake_run)
-    p = reproduce.load_profile(profile) | {"name": profile}
-    pipeline = reproduce.Pipeline(p, tmp_path, None, [])
+    monkeypatch.setattr(jobs, "run_hydra", fake_run)
+    p = load_profile(profile) | {"name": profile}
+    pipeline = Pipeline(p, tmp_path, None, [])
     for stage in p["stages"]:
         if stage != "report":
             getattr(pipeline, stage)()

@@ -670,7 +670,7 @@ def tune_root(tmp_path: Path) -> Path:
         for seed, acc in enumerate(accs):
             write_run(root / "table1", f"{ste}-s{seed}", ste=ste, seed=seed, val_acc=acc)
     trials = [(0.05, 1e-4, 96.5, "COMPLETE"), (0.0123, 3e-5, 97.9, "COMPLETE"), (0.3, 0.0, None, "FAIL")]
-    study = root / "tune" / "lenet5_mnist" / "relu-2bit"  # src/reproduce.py's layout
+    study = root / "tune" / "lenet5_mnist" / "relu-2bit"  # src/reproduce/stages.py's layout
     for i, (lr, wd, value, _) in enumerate(trials):
         write_run(study, f"trial{i}_relu", seed=0, val_acc=value or 10.0, epochs=2, max_epochs=2, train_subset=5000,
                   wall_time_s=60.0, config=optimizer(lr, wd))  # fmt: skip

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from src import reproduce
-from src.reproduce import Pipeline, load_profile, sweeps
+from src.reproduce import jobs as multiruns
+from src.reproduce import profile
+from src.reproduce.cli import main
+from src.reproduce.jobs import checkpoint_of, launch, sweeps
+from src.reproduce.profile import load_profile
+from src.reproduce.stages import Pipeline
 from tests.conftest import REPO
 from tests.runs import fake_data, job_run
 
@@ -22,7 +26,7 @@ def test_profiles_inherit_from_paper_and_replace_lists():
         "callbacks.diagnostics.descent=true"
     ]
     assert demo["stages"] == ["two_layer", "report"]
-    names = ", ".join(sorted(p.stem for p in reproduce.PROFILES.glob("*.yaml")))
+    names = ", ".join(sorted(p.stem for p in profile.PROFILES.glob("*.yaml")))
     assert {"demo", "paper", "smoke"} <= set(names.split(", "))
     with pytest.raises(SystemExit, match=f"^error: unknown profile 'papr'; valid profiles: {names}$"):
         load_profile("papr")
@@ -56,7 +60,7 @@ def finished(stage: Path, name: str, ste: str = "relu", bits: int = 2, **fields)
 
 def test_launch_skips_done_runs_and_relaunches_unfinished_and_failed_ones_in_place(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "run_hydra", lambda stage, args, launcher: calls.append(args))
+    monkeypatch.setattr(multiruns, "run_hydra", lambda stage, args, launcher: calls.append(args))
     stage = tmp_path / "table1"
     finished(stage, "done", ste="relu")
     finished(stage, "diverged", ste="clipped_relu", status="diverged")
@@ -65,14 +69,14 @@ def test_launch_skips_done_runs_and_relaunches_unfinished_and_failed_ones_in_pla
     (stage / "half" / "config.yaml").write_text("seed: 0\n")  # started, interrupted before summary.json
     stes = ("identity", "relu", "clipped_relu", "ewgs")
     jobs = [{"experiment": "e", "seed": 0, "quant.bits": 2, "ste": s} for s in stes]
-    assert reproduce.launch(stage, jobs, ("ste",), ["trainer=cpu"], None)
+    assert launch(stage, jobs, ("ste",), ["trainer=cpu"], None)
     assert calls == [["experiment=e", "seed=0", "quant.bits=2", "ste=ewgs,identity", "trainer=cpu"]]
     # src.train resumes an unfinished run in its own dir: nothing is moved aside
     assert sorted(p.name for p in stage.iterdir()) == ["diverged", "done", "failed", "half"]
     calls.clear()
     finished(stage, "done2", ste="identity")
     finished(stage, "done3", ste="ewgs", status="finished")
-    assert not reproduce.launch(stage, jobs, ("ste",), [], None) and calls == []
+    assert not launch(stage, jobs, ("ste",), [], None) and calls == []
 
 
 def test_later_stages_find_their_checkpoints(tmp_path):
@@ -80,13 +84,11 @@ def test_later_stages_find_their_checkpoints(tmp_path):
     run = finished(stage, "a", ste="clipped_relu", bits=4)
     finished(stage, "b", ste="relu", bits=4, status="diverged")
     job = {"experiment": "e", "seed": 0, "quant.bits": 4}
-    assert reproduce.checkpoint_of(stage, job | {"ste": "clipped_relu"}) == str(
-        run / "checkpoints" / "last.ckpt"
-    )
+    assert checkpoint_of(stage, job | {"ste": "clipped_relu"}) == str(run / "checkpoints" / "last.ckpt")
     with pytest.raises(SystemExit, match="which diverged"):
-        reproduce.checkpoint_of(stage, job | {"ste": "relu"})
+        checkpoint_of(stage, job | {"ste": "relu"})
     with pytest.raises(SystemExit, match="which is missing"):
-        reproduce.checkpoint_of(stage, job | {"ste": "identity"})
+        checkpoint_of(stage, job | {"ste": "identity"})
 
 
 @pytest.mark.slow
@@ -104,7 +106,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         "data.train_subset=256",
         "data.val_subset=128",
     ]
-    reproduce.main(["--profile", "smoke", "--out", str(out), "--data-note", "synthetic test files", *extra])
+    main(["--profile", "smoke", "--out", str(out), "--data-note", "synthetic test files", *extra])
     record = json.loads((out / "pipeline.json").read_text())
     assert set(record["stages"]) == set(load_profile("smoke")["stages"])
     report = (out / "report" / "report.md").read_text()
@@ -118,7 +120,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         assert cell.n == 1 and math.isclose(cell.mean, run["val_acc"]) and f"{run['val_acc']:.2f}" in report
     assert "synthetic test files" in report
     # a second call finds every stage done and only rewrites the report; the first call's times are kept
-    reproduce.main(["--profile", "smoke", "--out", str(out), *extra])
+    main(["--profile", "smoke", "--out", str(out), *extra])
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     for name, stage in stages.items():
         first, second = stage["attempts"]
@@ -133,10 +135,10 @@ def test_make_targets_are_documented():
 
 
 def test_pipeline_writes_only_under_its_out_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "run_hydra", lambda *a: None)
+    monkeypatch.setattr(multiruns, "run_hydra", lambda *a: None)
     monkeypatch.setattr(Pipeline, "report", lambda self: True)
     out = tmp_path / "demo"
-    reproduce.main(["--profile", "demo", "--out", str(out)])
+    main(["--profile", "demo", "--out", str(out)])
     theory = out / "two_layer" / "theory"
     assert {p.name for p in theory.iterdir()} >= {
         "certificate.md",

@@ -15,11 +15,13 @@ import torch
 import yaml
 
 import src.data.images as images
-import src.reproduce as reproduce
 import src.tune
 from src.config import ConfigError, validate
 from src.data.files import DataError
 from src.data.images import MNISTDataModule
+from src.reproduce import jobs
+from src.reproduce.profile import load_profile
+from src.reproduce.stages import Pipeline
 from src.runs import read_json, write_summary, write_tuning
 from src.train import run_config
 from src.tune import Pruning, compose_run, open_study, select, storage_url, tune
@@ -318,10 +320,10 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
         write_tuning(where, {"complete": True, "n_trials": 20, "best": best})
         return 0, where / "log"
 
-    monkeypatch.setattr(reproduce, "run_hydra", fake_hydra)
-    monkeypatch.setattr(reproduce, "run_logged", fake_tune)
-    profile = reproduce.load_profile("mnist_tune") | {"name": "mnist_tune"}
-    pipeline = reproduce.Pipeline(profile, tmp_path, None, [])
+    monkeypatch.setattr(jobs, "run_hydra", fake_hydra)
+    monkeypatch.setattr(jobs, "run_logged", fake_tune)
+    profile = load_profile("mnist_tune") | {"name": "mnist_tune"}
+    pipeline = Pipeline(profile, tmp_path, None, [])
     for stage in ("pretrain", "table1", "tune", "tuned"):
         assert getattr(pipeline, stage)()
     assert not pipeline.tune()  # every study complete: nothing launched again
@@ -335,10 +337,11 @@ def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monk
         assert cfg.data.holdout == 5000 and cfg.data.train_subset == 20000 and cfg.trainer.max_epochs == 2
         assert cfg.init.checkpoint == fp and cfg.quant.bits == 2 and list(cfg.scheduler.milestones) == [1]
     tuned = [make_cfg(tmp_path / "compose", args) for args in launched["tuned"]]
-    assert sorted((c.ste.name, c.optimizer.lr, c.tag) for c in tuned) == [
-        ("clipped_relu", 0.03, "tuned"), ("identity", 0.01, "tuned"), ("relu", 0.02, "tuned")
-    ]  # fmt: skip
+    best_lr = {"identity": 0.01, "relu": 0.02, "clipped_relu": 0.03}  # studies in this order (fake_tune)
+    assert sorted((c.ste.name, c.seed, c.optimizer.lr, c.tag) for c in tuned) == sorted(
+        (ste, seed, lr, "tuned") for ste, lr in best_lr.items() for seed in (0, 1, 2)
+    )  # each STE's one study retrains with every seed of the profile
     for cfg in tuned:  # Table 1's schedule and data: the full training set, validated on the test set
         assert cfg.data.holdout == 0 and cfg.data.train_subset is None and cfg.trainer.max_epochs == 3
         assert list(cfg.scheduler.milestones) == [2] and cfg.optimizer.weight_decay == 1e-5
-        assert cfg.init.checkpoint == fp
+        assert cfg.init.checkpoint == f"{tmp_path}/pretrain/run{cfg.seed}/c.ckpt"  # its own seed's FP model

@@ -15,7 +15,7 @@ from src.models import build_model
 from src.module import STEModule
 from src.quant import WQUANTS, WSTES, QuantReLU, lloyd_alpha, quantize_weights, weight_quantizer
 from src.quant.weights import QuantConv2d, QuantLinear
-from src.reproduce import find
+from src.reproduce.jobs import find
 from src.train import train
 from tests.conftest import REPO
 from tests.runs import fast_cfg, job_run, make_cfg
