@@ -65,6 +65,7 @@ class Slice:
     scheduler: object = None
     rows: list = field(default_factory=list)
     start_epoch: int = 0
+    summary: dict | None = None  # summary.json once the slice has ended
 
 
 def limited(n: int, limit) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -54,9 +53,9 @@ def record(s: Slice, stack_note: dict) -> None:
     write_json(path, prov)
 
 
-def finish(s: Slice) -> dict:
+def finish(s: Slice) -> None:
     """The slice's summary.json (src.train's writer), and its rows to its W&B run when logger=wandb."""
-    summary = write_summary(use(s.cfg), s.trainer, s.module, s.run_dir)
+    s.summary = write_summary(use(s.cfg), s.trainer, s.module, s.run_dir)
     loggers = build_loggers(s.cfg, s.run_dir)
     try:
         for row in s.rows:
@@ -66,29 +65,26 @@ def finish(s: Slice) -> dict:
                 )
     finally:
         finish_wandb(loggers)
-    return summary
 
 
-def train_group(cfgs: list[DictConfig]) -> dict[Path, dict]:
-    """Train the jobs ``cfgs`` (one group of plan.plan) as stacks; their summaries by run dir.
+def train_built(slices: list[Slice]) -> None:
+    """Train built slices (one group of plan.plan) as stacks; each slice's summary lands in ``slice.summary``.
 
     Slices cut off at different epochs (a killed group resumed after some ran alone) form one stack per epoch.
     """
-    slices = build_slices(cfgs)
-    device, precision = device_and_precision(cfgs[0])
-    fixed_alpha = cfgs[0].quant.alpha_mode == "fixed"
+    device, precision = device_and_precision(slices[0].cfg)
+    fixed_alpha = slices[0].cfg.quant.alpha_mode == "fixed"
     for s in slices:
         prepare(s, device, precision, fixed_alpha)
-    summaries = {}
     for start in sorted({s.start_epoch for s in slices}):
         part = [s for s in slices if s.start_epoch == start]
         for s in part:
             record(s, note(part, len(part)))
-        fit(
-            part,
-            device,
-            precision,
-            fixed_alpha,
-            on_stop=lambda s: summaries.__setitem__(s.run_dir, finish(s)),
-        )
-    return summaries
+        fit(part, device, precision, fixed_alpha, on_stop=finish)
+
+
+def train_group(cfgs: list[DictConfig]) -> list[dict]:
+    """Build and train the jobs ``cfgs`` as stacks (what the launcher does with a group); their summaries."""
+    slices = build_slices(cfgs)
+    train_built(slices)
+    return [s.summary for s in slices]
