@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import statistics
 from itertools import takewhile
@@ -737,6 +738,33 @@ def test_tuned_table_takes_the_studys_best_and_both_schedules_accuracy(tune_root
     studies = "clipped_relu 2 bit: 3 trials, holdout not stated; relu 2 bit: 3 trials, holdout 5000 examples."
     assert f"Studies: {studies} Budget per trial: 2 epochs, train_subset 5000 (3 runs)" in text
     assert "searched lr 0.0123–0.3, weight_decay 0–0.0001" in text and "3.0 min over 3 trial runs" in text
+
+
+@pytest.mark.parametrize(
+    "tuned_clipped, answer",
+    [
+        ((98.2, 98.3, 98.5), "**yes**: relu vs clipped_relu (clipped_relu > relu → unresolved)."),
+        ((99.0, 99.5, 99.3), "**no**: every pair of STEs is ordered the same way in both arms"),
+    ],
+)
+def test_ranking_answer_compares_paired_cis_of_both_arms(tmp_path: Path, tuned_clipped, answer):
+    """Schedule: clipped_relu − relu = (1.0, 0.8, 0.9) over seeds 0–2, 0.90 ± 4.303·0.1/√3 = ±0.25: resolved.
+    Tuned: (0.1, −0.3, 0.2) contains 0 (yes, the ordering is lost), or (0.9, 0.9, 1.0) keeps it (no)."""
+    root = tmp_path / "runs"
+    arms = {"table1": ({"relu": (97.0, 97.4, 97.2), "clipped_relu": (98.0, 98.2, 98.1)}, {}),
+            "tuned": ({"relu": (98.1, 98.6, 98.3), "clipped_relu": tuned_clipped}, {"tag": "tuned"})}  # fmt: skip
+    for arm, (accs, tag) in arms.items():
+        for ste, values in accs.items():
+            for seed, acc in enumerate(values):
+                write_run(root / arm, f"{ste}-s{seed}", ste=ste, seed=seed, val_acc=acc, **tag)
+    text = build_report(root).read_text()
+    section = text.split("### Does tuning change the ranking of the STEs?", 1)[1]
+    assert f"MNIST LeNet5 2-bit (seeds 0, 1, 2): {answer}" in section
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert (
+        f"- paper schedule: clipped_relu > relu: 3/3 seeds, +0.90 ± {half:.2f} pt (95 % CI, paired)"
+        in section
+    )
 
 
 def test_tuning_runs_stay_out_of_table1(tune_root: Path):

@@ -46,8 +46,13 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
     optimizer = {"_target_": f"torch.optim.{row['optimizer']}"} | {
         k: row[k] for k in ("lr", "momentum", "weight_decay")
     }
-    scheduler = {"_target_": f"torch.optim.lr_scheduler.{row['scheduler']}", "milestones": row["milestones"],
-                 "gamma": row["gamma"], "hold_epochs": row["hold_epochs"]}  # fmt: skip
+    scheduler = {
+        "_target_": f"torch.optim.lr_scheduler.{row['scheduler']}",
+        "milestones": row["milestones"],
+        "gamma": row["gamma"],
+        "hold_epochs": row["hold_epochs"],
+        "hold_factor": row.get("hold_factor"),
+    }  # fmt: skip  (runs.csv files before it had no hold_factor)
     config = {
         "run_name": row["run_name"],
         "seed": row["seed"],

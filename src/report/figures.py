@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from src.quant.ste import STES  # noqa: E402
+
 DPI = 80  # ~40 runs' figures stay well under 2 MB; docs/results under 4 MB
 plt.rcParams["figure.dpi"] = DPI  # lay text out at the resolution it is saved at (legends never overlap)
 LABELS = {
@@ -41,8 +43,6 @@ STYLES = ("-", "--", ":", "-.")  # a second, third, ... curve of one STE (anothe
 
 def color(label: str) -> str | None:
     """The STE's colour in every figure ('fp' is black-grey); None (matplotlib's cycle) for other labels."""
-    from src.quant.ste import STES
-
     names = list(STES)
     if label == "fp":
         return "#444444"

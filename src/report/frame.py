@@ -10,7 +10,7 @@ from src.report.runs import Run
 STE_KNOBS = ["ste", "ste_eps", "ste_beta", "ste_delta"]
 PROTOCOL = [
     "optimizer", "lr", "momentum", "weight_decay", "scheduler", "milestones", "gamma", "hold_epochs",
-    "max_epochs", "batch_size", "train_subset", "val_subset",
+    "hold_factor", "max_epochs", "batch_size", "train_subset", "val_subset",
 ]  # fmt: skip
 # beside (data, model, bits), a non-default value of these makes a separate Table-1 row (e.g. "2 (pact)")
 VARIANT_DEFAULTS = {"alpha_mode": "fixed", "alpha": "lloyd", "tag": None}
@@ -61,13 +61,14 @@ def _name(target) -> str | None:
 
 
 def _scheduler(node: dict) -> dict:
-    """Scheduler name, milestones, gamma and hold length; a hold_then scheduler's milestones are its ``then``'s."""
+    """Scheduler name, milestones, gamma, hold length and factor; a hold_then scheduler's milestones are its ``then``'s."""
     then = node.get("then") or {}
     return {
         "scheduler": _name(node.get("_target_")),
         "milestones": str(node.get("milestones", then.get("milestones"))),
         "gamma": node.get("gamma", then.get("gamma")),
         "hold_epochs": node.get("hold_epochs"),
+        "hold_factor": node.get("hold_factor"),  # the held lr is lr × hold_factor (Figure 2's 1e-5)
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.quant.weights import weight_token  # the run name's weight token: one home
 from src.runs import record
 
 # The experiment names the pipeline gives the instability runs (conf/experiment/*.yaml)
@@ -51,8 +52,6 @@ class Run(record.Run):
     @property
     def wa(self) -> str:
         """Weight and activation bits as one label: w4a2, w1a2 (binary), wta2 (ternary), wfa2 (float), w2af."""
-        from src.quant.weights import weight_token  # the run name's weight token: one home
-
         return f"w{weight_token(*self.weights) or 'f'}a{'f' if self['bits'] is None else self['bits']}"
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from src.paper import TABLE1
 from src.report.figures import plot_curves, plot_dots
+from src.report.minima import gradient_table, plateau
 from src.report.provenance import call, counted
 from src.report.runs import Run, read_curves
 from src.report.table1 import fmt, md_table, newest_per_seed, row_label, ste_order
@@ -146,21 +147,36 @@ def verdict(run: Run, curve: pd.DataFrame) -> str:
 
 
 def what_ran(runs: list[Run]) -> tuple[str, int | None]:
-    """Our schedule as the runs' configs state it (Figure 2's real hold length), and the lr switch epoch."""
+    """Our schedule as the runs' configs state it (Figure 2's real hold length), and the lr switch epoch (None when
+    the hold lasts the whole run: there is no switch to draw)."""
     recipes, holds = [], set()
     for run in runs:
         sched, lr = run.config.get("scheduler") or {}, (run.config.get("optimizer") or {}).get("lr")
-        hold = sched.get("hold_epochs")
-        holds.add(hold)
-        recipe = f"{run['max_epochs']} epochs, {call(sched)} from lr {lr}"
+        hold, epochs = sched.get("hold_epochs"), run["max_epochs"]
+        recipe = f"{epochs} epochs, {call(sched)} from lr {lr}"
         if hold is not None and lr is not None:
-            recipe = (
-                f"lr {lr * sched.get('hold_factor', 1):g} for {hold} epochs, then {call(sched.get('then'))}"
+            factor = sched.get("hold_factor")
+            held = (
+                f"lr {lr * factor:g}"
+                if factor is not None
+                else "the held lr (runs.csv before 2026-12-05 lacks it)"
             )
-            recipe += f" from lr {lr}; {run['max_epochs']} epochs in all"
+            recipe = f"{held} for {hold} epochs"
+            if epochs is None or hold < epochs:
+                then = call(sched["then"]) if sched.get("then") else f"milestones {sched.get('milestones')}"
+                recipe += f", then {then} from lr {lr}; {epochs} epochs in all"
+            holds.add(hold if epochs is None or hold < epochs else None)
         recipes.append(recipe)
     switch = next(iter(holds)) if len(holds) == 1 else None  # one line only when all runs switch together
     return f"Ours: {counted(recipes)}.", switch
+
+
+def start_line(label: str, run: Run, runs: list[Run]) -> str:
+    """'- from_relu: from `<run>`, val top-1 … over its last 3 epochs: plateaued (…)'."""
+    if run.provenance.get("archived_from"):
+        return f"- {label}: the starting run's curve is not kept (archived runs)\n"
+    parent = parent_run(run, runs)
+    return f"- {label}: from `{parent.path.name if parent else '—'}`, {plateau(parent)}\n"
 
 
 def figure_section(kind: str, runs: list[Run], out: Path) -> str:
@@ -183,10 +199,12 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     )
     header = ["run", "epochs run / max", "ours start", "ours final", "paper start", "paper final", "verdict"]
     rows = [figure_row(*c, spec) for c in curves]
+    starts = "".join(start_line(label, run, runs) for label, run, _ in curves)
     return (
         f"## Figure {spec.number}\n\n{link}\n\n*{spec.caption} {ours} Epoch 0 is "
         f"the starting point's validation, epoch e the state after epoch e.{note}*\n\nTraining loss / "
-        f"validation accuracy (%):\n\n{md_table(header, rows)}\n\n{RULE}\n"
+        f"validation accuracy (%):\n\n{md_table(header, rows)}\n\n{RULE}\n\nStarting minima:\n\n{starts}"
+        + gradient_table([(label, run) for label, run, _ in curves], out)
     )
 
 

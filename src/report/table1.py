@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from src.paper import PAPER_STES, TABLE1, protocol_gaps
+from src.quant.ste import STES  # the registry: one home for STE names and their order
 from src.report.frame import PROTOCOL, STE_KNOBS, VARIANT_DEFAULTS, run_table
 from src.report.runs import Run
 
@@ -152,8 +153,6 @@ def row_order(keys) -> list[Key]:
 
 def ste_order(found) -> list[str]:
     """The paper's three STEs, then the other registry STEs found (registry order), then unknown names."""
-    from src.quant.ste import STES  # the registry: one home for STE names and their order
-
     rest = [s for s in STES if s in found and s not in PAPER_STES]
     return [*PAPER_STES, *rest, *sorted(set(found) - set(PAPER_STES) - set(rest), key=str)]
 

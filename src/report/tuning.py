@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.report.compare import Group, difference, newest_per_seed, ordering
 from src.report.provenance import counted, hours
 from src.report.table1 import Cell, cells, fmt, fmt_cell, md_table, row_label, ste_column, ste_order
 from src.runs import RunFileError, read_tuning
@@ -212,7 +213,63 @@ def tuning_table(table: pd.DataFrame, in_table: pd.DataFrame, studies: list[Stud
     header = ["Dataset", "Network", "BitWidth", "STE", "paper schedule: lr / wd", "paper schedule: final top-1",
               "trials (complete of all)", "tuned: lr / wd", "tuned: best holdout top-1", "tuned: final top-1",
               "Δ final (tuned − schedule)"]  # fmt: skip
-    return f"{md_table(header, rows)}\n\n{caption(studies, table[table['kind'] == 'tune'])}"
+    text = f"{md_table(header, rows)}\n\n{caption(studies, table[table['kind'] == 'tune'])}"
+    return text + ranking(paper, tuned, sorted({k[:3] for k in keys}, key=lambda k: tuple(map(str, k))))
+
+
+def arm_groups(runs: pd.DataFrame, where: tuple) -> list[Group]:
+    """One Group per STE of one arm (paper schedule or tuned) at (data, model, bits), labelled by the STE."""
+    mine = runs[[(r["data"], r["model"], r["bits"]) == where for _, r in runs.iterrows()]]
+    stes = ste_order(list(dict.fromkeys(mine["ste"])))
+    return [Group((s,), s, newest_per_seed(list(mine[mine["ste"] == s]["run"]))) for s in stes]
+
+
+def resolved(a: Group, b: Group) -> str:
+    """'a > b', 'b > a' or 'unresolved': the sign of a − b's final top-1 when its 95 % CI excludes 0."""
+    d = difference(a, b)
+    if d is None or d.half is None or abs(d.mean) <= d.half:
+        return "unresolved"
+    return f"{a.label} > {b.label}" if d.mean > 0 else f"{b.label} > {a.label}"
+
+
+def ranking(paper: pd.DataFrame, tuned: pd.DataFrame, wheres: list[tuple]) -> str:
+    """'Does tuning change the ranking of the STEs?': per (data, model, bits), every pair of STEs ordered in each
+    arm with its 95 % CI (src.report.compare: paired over shared seeds, else Welch), and the answer: yes when a
+    pair's resolved ordering differs between the arms (a flip, or resolved in one arm only)."""
+    parts = []
+    for where in wheres:
+        arms = {"paper schedule": arm_groups(paper, where), "tuned": arm_groups(tuned, where)}
+        by_ste = [{g.label: g for g in groups} for groups in arms.values()]
+        stes = [s for s in by_ste[0] if s in by_ste[1]]
+        pairs = [(a, b) for i, a in enumerate(stes) for b in stes[i + 1 :]]
+        if not pairs:
+            continue
+        lines = [
+            f"- {arm}: " + "; ".join(filter(None, (ordering(groups[a], groups[b]) for a, b in pairs)))
+            for arm, groups in zip(arms, by_ste, strict=True)
+        ]
+        changed = [
+            f"{a} vs {b} ({resolved(by_ste[0][a], by_ste[0][b])} → {resolved(by_ste[1][a], by_ste[1][b])})"
+            for a, b in pairs
+            if resolved(by_ste[0][a], by_ste[0][b]) != resolved(by_ste[1][a], by_ste[1][b])
+        ]
+        seeds = sorted({r["seed"] for groups in arms.values() for g in groups for r in g.runs}, key=str)
+        answer = (
+            f"**yes**: {'; '.join(changed)}"
+            if changed
+            else "**no**: every pair of STEs is ordered the same way in both arms (or unresolved in both)"
+        )
+        parts.append(
+            f"{' '.join(row_label(where))}-bit (seeds {', '.join(map(str, seeds))}): {answer}.\n\n"
+            + "\n".join(lines)
+        )
+    if not parts:
+        return ""
+    return (
+        "\n### Does tuning change the ranking of the STEs?\n\nEach pair of STEs ordered by final top-1 under the "
+        "paper's schedule and under each STE's tuned lr / weight decay, with the 95 % CI of the difference; an "
+        "ordering counts only when its CI excludes 0.\n\n" + "\n\n".join(parts) + "\n"
+    )
 
 
 def tuning_section(table: pd.DataFrame, in_table: pd.DataFrame, roots: list[Path], out: Path) -> str:

@@ -1,0 +1,116 @@
+"""Where Figures 2 and 4 start: is the starting minimum plateaued, and what is each STE's coarse gradient there?
+
+The paper's explanation of the instability (§4.2, Lemma 9's deep-net counterpart) is that at a minimum trained with
+clipped ReLU the identity STE's expected coarse gradient does not vanish while clipped ReLU's does. The
+``gradients`` stage of src.reproduce writes src.gradients' gradients.json into each starting run's dir; the report
+shows it beside the figure and keeps a copy (<out>/gradients/<figure run>.json), which a report regenerated from
+its runs.csv reads back when the run dirs are gone.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from src.report.runs import Run, read_curves
+from src.report.table1 import md_table
+from src.runs import RunFileError, read_json
+
+NOISE_Z = 3  # ‖ḡ‖ within 3 ‖SE(ḡ)‖ reads as zero up to sampling error
+
+
+def gradients_file(run: Run) -> Path | None:
+    """gradients.json at the run's starting point: in the dir of the run whose checkpoint it started from
+    (<run dir>/checkpoints/<file>.ckpt), else the copy an earlier report kept beside its runs.csv."""
+    init, archived = run["init_checkpoint"], run.provenance.get("archived_from")
+    candidates = [Path(init).parent.parent / "gradients.json"] if init and init != "archived" else []
+    candidates += [Path(archived).parent / "gradients" / f"{run['run_name']}.json"] if archived else []
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def start_gradients(run: Run, out: Path) -> dict | None:
+    """The run's starting-point gradients.json (copied to <out>/gradients/), or None when there is none."""
+    path = gradients_file(run)
+    if path is None:
+        return None
+    try:
+        record = read_json(path)
+    except RunFileError:
+        return None
+    keep = out / "gradients" / f"{run['run_name']}.json"
+    if path.resolve() != keep.resolve():
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, keep)
+    return record
+
+
+def norm_text(record: dict, label: str) -> str:
+    """'0.0123 (SE 0.0041)' for one variant's total ‖ḡ‖."""
+    norm = record["norms"].get(label, {}).get("total")
+    if norm is None:
+        return "—"
+    se = (record.get("noise") or {}).get(label)
+    return f"{norm:.3g}" + (f" (SE {se:.2g})" if se is not None else "")
+
+
+def reading(record: dict) -> str:
+    """What the numbers say, by rule: identity's ‖ḡ‖ against the own STE's, and whether the own STE's ‖ḡ‖ is
+    zero within NOISE_Z sampling SEs."""
+    own, norms, noise = record["ste"], record["norms"], record.get("noise") or {}
+    ratio = record["ratio_to_own"].get("identity")
+    parts = [f"‖ḡ_identity‖ = {ratio:.2f} × ‖ḡ_{own}‖"] if ratio is not None and own != "identity" else []
+    for label in dict.fromkeys([own, "identity"]):
+        se = noise.get(label)
+        if se:
+            z = norms[label]["total"] / se
+            zero = "zero within sampling error" if z <= NOISE_Z else "not zero"
+            parts.append(f"{label}: ‖ḡ‖/‖SE‖ = {z:.1f} ({zero})")
+    return "; ".join(parts) or "—"
+
+
+def gradient_table(labelled: list[tuple[str, Run]], out: Path) -> str:
+    """The coarse-gradient table at each figure run's starting minimum; '' when none has gradients.json."""
+    rows, examples = [], set()
+    for label, run in labelled:
+        record = start_gradients(run, out)
+        if record is None:
+            continue
+        examples.add(f"{record['examples']:,} examples ({record['split']})")
+        variants = ["identity", "relu", "clipped_relu", "float_relu"]
+        rows.append([label, record["ste"], *(norm_text(record, v) for v in variants), reading(record)])
+    if not rows:
+        return ""
+    header = ["start of", "minimum's STE", "‖ḡ‖ identity", "‖ḡ‖ relu", "‖ḡ‖ clipped_relu", "‖ḡ‖ float ReLU",
+              "reading"]  # fmt: skip
+    return (
+        "\nFull-batch coarse gradients at the starting minimum (`python -m src.gradients <run>`, eval-mode BN, the "
+        f"run's α, {', '.join(sorted(examples))}): ‖ḡ‖ of every Conv/Linear weight under each backward at the "
+        "same weights, with its sampling SE (as an estimate of the expected gradient, from the batch spread). The "
+        "paper's explanation holds where ‖ḡ_identity‖ is not zero and the minimum's own STE's is.\n\n"
+        + md_table(header, rows)
+        + "\n"
+    )
+
+
+def plateau(parent: Run | None) -> str:
+    """'val top-1 71.2, 71.6, 71.5 % over its last 3 epochs: plateaued (last change −0.10 ± 1.25 pt, 95 % CI)'."""
+    if parent is None:
+        return "its run is not among the runs read"
+    curve = read_curves(parent)
+    acc = curve["val/acc"].dropna() if "val/acc" in curve else pd.Series(dtype=float)
+    acc = acc[acc.index > 0]
+    n = parent["val_examples"]
+    if len(acc) < 2 or not n:
+        return "its curve is not kept (archived run) or too short to judge"
+    a0, a1 = acc.iloc[-2] / 100, acc.iloc[-1] / 100
+    half = 196 * math.sqrt(a0 * (1 - a0) / n + a1 * (1 - a1) / n)
+    change = (a1 - a0) * 100
+    state = "plateaued" if abs(change) <= half else "still moving"
+    last = ", ".join(f"{a:.2f}" for a in acc.iloc[-3:])
+    return (
+        f"val top-1 {last} % over its last {min(3, len(acc))} epochs: {state} "
+        f"(last change {change:+.2f} ± {half:.2f} pt, 95 % CI from {n:,} test images)"
+    )

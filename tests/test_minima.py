@@ -1,0 +1,80 @@
+"""Where Figures 2 and 4 start (src/report/minima.py): the plateau rule on the starting run's curve, the coarse-gradient
+table read from the gradients stage's gradients.json, and both surviving a report regenerated from its runs.csv."""
+
+import json
+import math
+from pathlib import Path
+
+from src.report import build_report
+from tests.test_report import md_table, write_run
+
+RESNET4 = {"model": "resnet20", "data": "cifar10", "bits": 4}
+GRAD_HEADING = "Full-batch coarse gradients at the starting minimum"
+
+
+def gradients_record(own: str, norms: dict[str, float], noise: dict[str, float]) -> dict:
+    """A gradients.json as src.gradients writes it (only the keys the report reads, with their real shapes)."""
+    return {
+        "ste": own,
+        "examples": 5000,
+        "split": "train (first 5000), not augmented",
+        "variants": list(norms),
+        "norms": {k: {"total": v, "layers": {}} for k, v in norms.items()},
+        "noise": noise,
+        "ratio_to_own": {k: v / norms[own] for k, v in norms.items()},
+    }
+
+
+def figure2_root(root: Path) -> Path:
+    """Two 4-bit minima whose last epochs differ by +1.0 pt (relu: inside the 95 % CI of ±1.00 pt on 10,000 images)
+    and by +3.0 pt (clipped_relu: outside), Figure 2 runs from each; gradients.json beside clipped_relu's only."""
+    last = {"relu": [(0.4, 84.0), (0.3, 85.0)], "clipped_relu": [(0.1, 88.0), (0.05, 91.0)]}
+    for ste, curve in last.items():
+        parent = write_run(root / "table1", ste, ste=ste, curve=curve, train_loss=curve[-1][0],
+                           val_acc=curve[-1][1], **RESNET4)  # fmt: skip
+        write_run(root / "fig2", f"f2-{ste}", curve=[(0.5, 80.0)], experiment="fig2_identity_repelled",
+                  tag=f"from_{ste}", ste="identity", init_checkpoint=str(parent / "checkpoints" / "last.ckpt"),
+                  train_loss=0.5, val_acc=80.0, epochs=1, max_epochs=1, **RESNET4)  # fmt: skip
+    norms = {"clipped_relu": 0.002, "identity": 0.05, "relu": 0.004, "float_relu": 0.3}
+    noise = {"clipped_relu": 0.001, "identity": 0.002, "relu": 0.001, "float_relu": 0.01}
+    record = gradients_record("clipped_relu", norms, noise)
+    (root / "table1" / "clipped_relu" / "gradients.json").write_text(json.dumps(record))
+    return root
+
+
+def starts(text: str) -> dict[str, str]:
+    """The 'Starting minima' lines of Figure 2: tag -> the rest of the line."""
+    block = text.split("## Figure 2", 1)[1].split("Starting minima:", 1)[1].split("\n\n")[1]
+    return dict(line[2:].split(": ", 1) for line in block.splitlines())
+
+
+def test_plateau_rule_and_gradient_table_at_the_figure_2_minima(tmp_path):
+    root = figure2_root(tmp_path / "runs")
+    text = build_report(root, tmp_path / "out").read_text()
+    lines = starts(text)
+    half = 196 * math.sqrt(0.84 * 0.16 / 1e4 + 0.85 * 0.15 / 1e4)  # the CI of the last change, in points
+    assert f"plateaued (last change +1.00 ± {half:.2f} pt" in lines["from_relu"] and half > 1.0
+    assert "still moving (last change +3.00 ±" in lines["from_clipped_relu"]
+    assert "val top-1 88.00, 91.00 % over its last 2 epochs" in lines["from_clipped_relu"]  # not epoch 0
+    (row,) = md_table(text, GRAD_HEADING)  # only clipped_relu's minimum has gradients.json
+    assert row["start of"] == "from_clipped_relu" and row["minimum's STE"] == "clipped_relu"
+    assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)" and row["‖ḡ‖ float ReLU"] == "0.3 (SE 0.01)"
+    # identity / own = 25; own 0.002 / 0.001 = 2 SE: zero within sampling error; identity 25 SE: not zero
+    assert row["reading"] == (
+        "‖ḡ_identity‖ = 25.00 × ‖ḡ_clipped_relu‖; clipped_relu: ‖ḡ‖/‖SE‖ = 2.0 (zero within sampling error); "
+        "identity: ‖ḡ‖/‖SE‖ = 25.0 (not zero)"
+    )
+
+
+def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
+    """The first report copies gradients.json to <out>/gradients/<figure run>.json; a report of that runs.csv
+    (run dirs gone) reads the copy back and says the curves are not kept."""
+    root = figure2_root(tmp_path / "runs")
+    first = build_report(root, tmp_path / "out").parent
+    assert (first / "gradients" / "f2-clipped_relu.json").is_file()
+    for path in sorted(root.rglob("*"), reverse=True):  # the run dirs are gone
+        path.unlink() if path.is_file() else path.rmdir()
+    text = build_report(first / "runs.csv", tmp_path / "again").read_text()
+    (row,) = md_table(text, GRAD_HEADING)
+    assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
+    assert starts(text)["from_relu"] == "the starting run's curve is not kept (archived runs)"
