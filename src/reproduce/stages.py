@@ -85,7 +85,8 @@ class Pipeline:
         return ran
 
     def fig2(self) -> bool:
-        return self.from_table1("fig2", "fig2_identity_repelled", "identity", 4, ["relu", "clipped_relu"])
+        sources = self.p.get("fig2_from", ["relu", "clipped_relu"])  # the 4-bit minima Figure 2 starts from
+        return self.from_table1("fig2", "fig2_identity_repelled", "identity", 4, sources)
 
     def fig4(self) -> bool:
         return self.from_table1("fig4", "fig4_relu_2bit", "relu", 2, ["clipped_relu"])
