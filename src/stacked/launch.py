@@ -66,7 +66,11 @@ class StackedSweep:
     def run_alone(self, overrides: Sequence[str], num: int) -> JobReturn:
         """One job as the basic launcher runs it (src.train.main: records its own failure)."""
         ret = run_job(
-            self.context, self.task, self.job_config(overrides, num), "hydra.sweep.dir", "hydra.sweep.subdir"
+            hydra_context=self.context,
+            task_function=self.task,
+            config=self.job_config(overrides, num),
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
         )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
