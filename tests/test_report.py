@@ -573,7 +573,8 @@ def test_readme_block_gets_the_headline_rows_of_this_profile(table_root: Path, t
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- /results:p -->\nafter\n")
     block = text.split("<!-- results:p -->")[1]
-    assert f"({out}/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block
+    assert f"[{out}/report.md](docs/p/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block  # link: from the readme
+    assert f"--readme {readme}`" in block
     assert "| CIFAR10 | VGG11 | 4 |" not in block  # only rows that ran (the fixture has no VGG11 4-bit runs)
 
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
         if args.readme:
             profile = args.profile or path.parent.name
-            write_headline(args.readme, profile, headline(args.dirs, path.parent, profile))
+            write_headline(args.readme, profile, headline(args.dirs, path.parent, profile, args.readme))
     except NoRuns as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
