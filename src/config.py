@@ -17,14 +17,11 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
+from src.errors import ConfigError
 from src.models import COMPILE_MODES, MODELS
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
 from src.quant.weights import weight_quantizer, weight_token
-
-
-class ConfigError(ValueError):
-    """A bad run configuration, reported in one line before any work starts."""
 
 
 def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None, wquant="fp", wbits=None) -> str:

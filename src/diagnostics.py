@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+import src.probe
 from src.probe import cosine as flat_cosine
 from src.quant import STES, QuantReLU, get_ste, level_index
 from src.quant.quantizer import level_dtype
@@ -287,6 +288,5 @@ class Diagnostics(pl.Callback):
         return ste_disagreement(model, loss_fn, self.probe, others)
 
     def _descent(self, model, loss_fn) -> dict[str, float]:
-        from src.probe import descent_probe  # looked up at each call: tests swap in a meddling fake
-
-        return descent_probe(model, loss_fn, self.probe, **self.descent_knobs)
+        # looked up in src.probe at each call: tests swap in a meddling fake
+        return src.probe.descent_probe(model, loss_fn, self.probe, **self.descent_knobs)

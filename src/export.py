@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.config import ConfigError
 from src.deploy.exporter import ParityError, export
 from src.deploy.plan import ExportError
+from src.errors import ConfigError
 
 
 def main(argv=None) -> None:

@@ -76,7 +76,7 @@ def check_cluster(partition: str | None) -> None:
 
 def link_log(task_function, cfg):
     """The job's task: link its SLURM log into the run dir (rank 0 only), then train."""
-    import submitit
+    import submitit  # SLURM jobs only: Hydra imports this module (hydra_plugins) at every src.train start
 
     env = submitit.JobEnvironment()
     run_dir = Path(HydraConfig.get().runtime.output_dir)

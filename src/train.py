@@ -40,6 +40,7 @@ from src.quant.weights import weight_token
 from src.rundir import SaveError, atomic_write, finite
 from src.runs import DONE, RunFileError, failed_runs, flatten, read_json, write_provenance
 from src.runs import write_summary as write_record
+from src.runs.job import names, record_failure, run_config
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -119,13 +120,6 @@ def take_share(share: DictConfig) -> None:
         torch.set_num_threads(share.threads)
     if share.gpu_memory_fraction and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(share.gpu_memory_fraction)
-
-
-def run_config(cfg: DictConfig) -> dict:
-    """The resolved config without Hydra's own node: what config.yaml and the checkpoint's hparams hold."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -248,7 +242,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def finish_wandb(loggers) -> None:
     """Close the W&B run so the next job of a multirun starts its own."""
     if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
+        import wandb  # imported only when a W&B logger ran: the import alone takes seconds
 
         wandb.finish()
 
@@ -295,39 +289,6 @@ def val_examples(trainer: pl.Trainer, batch_size: int | None) -> int | None:
 
 def rounded(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
-
-
-def names(cfg: DictConfig) -> dict:
-    """The summary fields that name a run (also for a job that failed before training)."""
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return {
-        "tag": cfg.get("tag"),
-        "experiment": choices.get("experiment"),
-        "data": choices.get("data"),
-        "model": OmegaConf.select(cfg, "model.name"),
-        "ste": OmegaConf.select(cfg, "ste.name"),
-        "bits": OmegaConf.select(cfg, "quant.bits"),
-        "alpha_mode": OmegaConf.select(cfg, "quant.alpha_mode"),
-        "weights": weight_token(
-            OmegaConf.select(cfg, "wquant.name") or "fp", OmegaConf.select(cfg, "wquant.bits")
-        ),
-        "seed": cfg.get("seed"),
-        "train_subset": OmegaConf.select(cfg, "data.train_subset"),
-        "val_subset": OmegaConf.select(cfg, "data.val_subset"),
-        "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
-    }
-
-
-def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
-    """A sweep job that failed: summary.json with status ``failed`` and the reason, so the sweep can go on."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        config, choices, fields = run_config(cfg), HydraConfig.get().runtime.choices, names(cfg)
-    except Exception:  # noqa: BLE001 - a config too broken to read still gets its failure recorded
-        config, choices, fields = {}, {}, {}
-    write_record(
-        run_dir, config, choices, fields | {"status": "failed", "reason": message, "diverged": False}
-    )
 
 
 def remove_if_empty(run_dir: Path) -> None:

@@ -46,7 +46,8 @@ from src.paths import REPO
 from src.rundir import SaveError
 from src.runs import DONE, read_json, write_json
 from src.runs import write_tuning as save_tuning
-from src.train import record_failure, train
+from src.runs.job import record_failure
+from src.train import train
 
 SPACES = REPO / "conf" / "hparams_search"
 STUDY = "tune"  # the study's name inside study.db

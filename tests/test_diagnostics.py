@@ -3,8 +3,6 @@ computations on a tiny net, STE disagreement against numpy, training unchanged b
 a run's metrics.csv gets (none for a float run)."""
 
 import math
-import sys
-import types
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import src.probe
 from src.diagnostics import Diagnostics, isolated, ste_disagreement, swapped_ste
 from src.module import STEModule
 from src.quant import QuantReLU
@@ -197,7 +196,7 @@ def run(tmp_path: Path, name: str, *overrides: str) -> tuple[pd.DataFrame, dict]
 def test_training_is_bit_identical_with_and_without_the_callback(tmp_path, monkeypatch):
     """Every step sampled, disagreement every epoch and a meddling descent probe: same weights, BN statistics,
     optimizer state and losses as without the callback."""
-    monkeypatch.setitem(sys.modules, "src.probe", types.SimpleNamespace(descent_probe=meddling_probe))
+    monkeypatch.setattr(src.probe, "descent_probe", meddling_probe)
     on = ["callbacks.diagnostics.every_n_steps=1", "callbacks.diagnostics.descent=true",
           "+callbacks.diagnostics.descent_knobs.scale=2.0"]  # fmt: skip
     with_df, with_ckpt = run(tmp_path, "with", *on)

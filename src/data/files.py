@@ -20,14 +20,10 @@ import numpy as np
 import torch
 import torchvision
 
-from src.config import ConfigError
+from src.errors import DataError
 
 _CIFAR = torchvision.datasets.CIFAR10
 _FLAG_NO_CHECKSUMS = "data.verify_checksums=false"
-
-
-class DataError(ConfigError):
-    """A missing, damaged or foreign dataset file, or a subset larger than the data: one line with the fix."""
 
 
 @dataclass(frozen=True)

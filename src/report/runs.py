@@ -96,3 +96,11 @@ def curve_problems(runs: list[Run]) -> list[str]:
         except ValueError as err:
             problems.append(f"{err}; its curves are left out")
     return problems
+
+
+def at(curve: pd.DataFrame, epoch: int, metric: str) -> float | None:
+    """One logged value, or None."""
+    if epoch not in curve.index or metric not in curve:
+        return None
+    value = curve.loc[epoch, metric]
+    return None if pd.isna(value) else float(value)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from src.theory.certificate import certificate_table
+from src.theory.figures import write_figures
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
@@ -21,16 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     figs.add_argument("--out", type=Path, default=Path("outputs/theory"), help="output folder")
     args = parser.parse_args(argv)
     if args.command == "certify":
-        from src.theory.certificate import certificate_table
-
         table = certificate_table(args.m, args.n, args.seed, args.points)
         print(table)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(table + "\n")
     else:
-        from src.theory.figures import write_figures
-
         for path in write_figures(args.out):
             print(path)
     return 0
