@@ -256,7 +256,7 @@ def slow_curve(accs: list[float], losses: list[float], slow_epochs: int) -> pd.D
 
 
 def test_figure_verdicts_follow_the_rule():
-    from src.report.sections import verdict
+    from src.report.stability import verdict
 
     run = {"val_examples": 10000}
     drop = slow_curve([90.0, 89.9, 85.0, 60.0, 30.0], [0.1, 0.2, 0.5, 1.5], slow_epochs=3)

@@ -14,7 +14,7 @@ from src.report.diagnostics import diagnostics_section
 from src.report.frame import run_table, write_runs_csv
 from src.report.provenance import provenance_section
 from src.report.runs import Run, curve_problems
-from src.report.sections import figure_section, table1_figures, two_layer_section
+from src.report.sections import figure_section, table1_figures, two_layer_section, verdict_lines
 from src.report.table1 import (
     cells,
     paper_split,
@@ -140,6 +140,7 @@ def headline(roots: list[Path], out: Path, profile: str, readme: Path = Path("RE
         f"`python -m src.report {' '.join(map(str, roots))} --out {out} --profile {profile} --readme {readme}`."
     )
     parts = [f"Profile `{profile}`; {where}\n", compare_section(runs, None)]
+    parts += [verdicts] if (verdicts := verdict_lines(runs, out)) else []
     paper, reduced, what = paper_split(in_table)
     if len(paper):
         acc = render_table1(cells(paper, "val_acc"), "val_acc", ours_only=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +10,9 @@ import pandas as pd
 
 from src.paper import TABLE1
 from src.report.figures import plot_curves, plot_dots
-from src.report.minima import gradient_table, plateau
 from src.report.provenance import call, counted
-from src.report.runs import Run, read_curves
+from src.report.runs import Run, at, read_curves
+from src.report.stability import RULE, gradient_table, plateau, reading, start_gradients, verdict
 from src.report.table1 import fmt, md_table, newest_per_seed, row_label, ste_order
 
 
@@ -68,14 +67,6 @@ def labelled_curves(runs: list[Run], label) -> list[tuple[str, Run, pd.DataFrame
     return [(n, r, read_curves(r)) for n, r in zip(names, runs, strict=True)]
 
 
-def at(curve: pd.DataFrame, epoch: int, metric: str) -> float | None:
-    """One logged value, or None."""
-    if epoch not in curve.index or metric not in curve:
-        return None
-    value = curve.loc[epoch, metric]
-    return None if pd.isna(value) else float(value)
-
-
 def parent_run(run: Run, runs: list[Run]) -> Run | None:
     """The run whose checkpoint this run started from (init_checkpoint), if it is among the runs."""
     init = run["init_checkpoint"]
@@ -113,37 +104,6 @@ def figure_row(label: str, run: Run, curve: pd.DataFrame, spec: FigureSpec) -> l
     start = pair(at(curve, 0, "train/loss"), at(curve, 0, "val/acc"))
     epochs = f"{run['epochs']} / {run['max_epochs']}"
     return [label, epochs, start, final, *(pair(*p) if p else "—" for p in paper), verdict(run, curve)]
-
-
-SLOW_LR = 1e-5  # the paper's probe of a minimum's stability (§4.2, Figures 2 and 4)
-RULE = (
-    "Verdict rule: over the epochs trained at lr ≤ 1e-5 from the starting minimum (epoch 0), the run is *repelled* "
-    "when its val top-1 falls by more than the 95 % CI of the change (binomial, both ends, N test images) or its "
-    "training loss at least doubles; otherwise *not repelled within* those steps."
-)
-
-
-def verdict(run: Run, curve: pd.DataFrame) -> str:
-    """'repelled: val top-1 71.30 → 24.10 % in 4,000 steps at lr 1e-5 (Δ −47.20 ± 1.30 pt, 95 % CI)' or
-    'not repelled within N steps …', computed from the run's curve by RULE."""
-    if "lr" not in curve or at(curve, 0, "val/acc") is None:
-        return "no curve: no verdict"
-    slow = [e for e in curve.index if e > 0 and curve.loc[e, "lr"] <= SLOW_LR * (1 + 1e-6)]
-    held = [e for i, e in enumerate(slow, start=1) if e == i]  # the consecutive 1e-5 epochs from the start
-    if not held or at(curve, held[-1], "val/acc") is None:
-        return "no epoch at lr ≤ 1e-5: no verdict"
-    end, n = held[-1], run["val_examples"]
-    a0, a1 = at(curve, 0, "val/acc"), at(curve, end, "val/acc")
-    steps = int(curve.loc[end, "step"] - curve.loc[0, "step"])
-    half = (
-        196 * math.sqrt((a0 / 100) * (1 - a0 / 100) / n + (a1 / 100) * (1 - a1 / 100) / n) if n else math.nan
-    )
-    l0, l1 = at(curve, 0, "train/loss") or at(curve, 1, "train/loss"), at(curve, end, "train/loss")
-    rose = l0 is not None and l1 is not None and l1 >= 2 * l0
-    repelled = a1 - a0 < -half or rose
-    what = f"val top-1 {a0:.2f} → {a1:.2f} % in {steps:,} steps at lr ≤ 1e-5 (Δ {a1 - a0:+.2f} ± {half:.2f} pt, 95 % CI"
-    what += f"; train loss {fmt(l0, 'train_loss')} → {fmt(l1, 'train_loss')})"
-    return f"repelled: {what}" if repelled else f"not repelled within {steps:,} steps: {what}"
 
 
 def what_ran(runs: list[Run]) -> tuple[str, int | None]:
@@ -298,3 +258,16 @@ def table1_figures(in_table: pd.DataFrame, acc: dict, out: Path) -> str:
         "are not drawn. Dots: final-epoch accuracy, mean over seeds, error bar = sample std (none for one seed).*\n"
     )
     return "\n".join(parts + [caption])
+
+
+def verdict_lines(runs: list[Run], out: Path) -> str:
+    """For a Results page: each Figure 2 / 4 run's verdict (RULE) and the coarse-gradient reading at its start."""
+    lines = []
+    for kind, spec in FIGURES.items():
+        for run in sorted((r for r in runs if r.kind == kind and r.done), key=lambda r: str(r["tag"])):
+            grads = start_gradients(run, out)
+            why = f" At the start: {reading(grads)}." if grads else ""
+            lines.append(
+                f"- Figure {spec.number}, {run['tag'] or run['run_name']}: {verdict(run, read_curves(run))}.{why}"
+            )
+    return "\n".join(lines) + f"\n\n{RULE}\n" if lines else ""

@@ -1,4 +1,4 @@
-"""Where Figures 2 and 4 start (src/report/minima.py): the plateau rule on the starting run's curve, the coarse-gradient
+"""Where Figures 2 and 4 start (src/report/stability.py): the plateau rule on the starting run's curve, the coarse-gradient
 table read from the gradients stage's gradients.json, and both surviving a report regenerated from its runs.csv."""
 
 import json
