@@ -89,3 +89,30 @@ def test_mnist_paper_runs_follow_table2(tmp_path, monkeypatch):
         assert cfg.trainer.max_epochs == 50 and cfg.data.batch_size == 64  # Table 2
         assert cfg.optimizer.lr == 0.1 and list(cfg.scheduler.milestones) == [20, 40]
         assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 1e-4
+
+
+def test_instability_cpu_runs_enough_steps_at_1e5_from_its_minima(tmp_path, monkeypatch):
+    """Figure 2: ≥ 4,000 steps of the identity STE at lr 1e-5 (the paper's collapse takes ≈ 4,000) from the 4-bit
+    clipped-ReLU minimum, no switch; Figure 4 from the 2-bit one; the full test set; src.gradients at each minimum."""
+    from src.reproduce import stages
+
+    tools: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(stages, "run_tool", lambda where, module, args: tools.append((module, args)))
+    jobs = planned_jobs("instability_cpu", tmp_path, monkeypatch)
+    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 2, "fig2": 1, "fig4": 1}
+    configs = {stage: [composed(j, tmp_path) for j in js] for stage, js in jobs.items()}
+    for cfg in itertools.chain(*configs.values()):
+        assert cfg.data.train_subset == 20000 and cfg.data.val_subset is None and cfg.model.name == "resnet20"
+    assert {(c.ste.name, c.quant.bits, c.trainer.max_epochs) for c in configs["table1"]} == {
+        ("clipped_relu", 2, 6),
+        ("clipped_relu", 4, 6),
+    }
+    (fig2,), (fig4,) = configs["fig2"], configs["fig4"]
+    steps_per_epoch = -(-20000 // fig2.data.batch_size)  # 157 full-size steps of batch 128
+    assert fig2.tag == "from_clipped_relu" and fig2.ste.name == "identity" and fig2.quant.bits == 4
+    assert fig2.scheduler.hold_epochs == fig2.trainer.max_epochs  # held at 1e-5 to the end: no switch to 0.01
+    assert fig2.optimizer.lr * fig2.scheduler.hold_factor == pytest.approx(1e-5)
+    assert fig2.trainer.max_epochs * steps_per_epoch >= 4000
+    assert fig4.ste.name == "relu" and fig4.quant.bits == 2 and fig4.optimizer.lr == pytest.approx(1e-5)
+    assert sorted(m for m, _ in tools) == ["src.gradients"] * 2  # one per Table-1 minimum
+    assert all("--subset=5000" in args and args[0].startswith(str(tmp_path / "table1")) for _, args in tools)
