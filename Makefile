@@ -1,4 +1,4 @@
-# STE Lab — every target bootstraps .venv, so a fresh clone needs only `make test`.
+# STE Lab — every target creates .venv on first use; datasets download on first use (offline: `make local-data` or docs/training.md#data).
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 VENV ?= .venv
