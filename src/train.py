@@ -10,6 +10,12 @@ import logging
 import math
 import shutil
 import sys
+
+if __name__ == "__main__" and {"-sc", "--shell-completion"} & set(sys.argv):
+    # a TAB of Hydra's completion (README: Training): answered without the torch and Lightning imports below
+    from src.completion import complete
+
+    sys.exit(complete())  # Hydra answers and returns: stop before the imports below
 import time
 import traceback
 import uuid

@@ -19,7 +19,7 @@ from src.config import ConfigError
 from src.data.batches import Batches
 from src.models import build_model
 from src.module import STEModule
-from src.quant import QuantReLU
+from src.quant import STES, QuantReLU
 from src.train import build_callbacks, train
 from tests.conftest import REPO
 from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
@@ -434,17 +434,20 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     ]
 
 
-def test_tab_completion_in_the_readme_form_lists_the_options():
-    """README: eval "$(python src/train.py -sc install=bash)", then python src/train.py ste=<TAB>."""
+def test_tab_completion_in_the_readme_form_lists_the_options_without_importing_torch():
+    """README: eval "$(python src/train.py -sc install=bash)", then python src/train.py ste=<TAB>: every STE, and
+    neither torch nor Lightning imported (their import was each TAB's 10 s)."""
     env = os.environ | {"COMP_LINE": "python src/train.py ste="}
     out = subprocess.run(
-        [sys.executable, "src/train.py", "-sc", "query=bash"],
+        [sys.executable, "-X", "importtime", "src/train.py", "-sc", "query=bash"],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
     )
-    assert set(out.stdout.split()) >= {f"ste={s}" for s in PAPER_STES}, out.stderr[-1000:]
+    assert out.stdout.split() == [f"ste={s}" for s in sorted(STES)], out.stderr[-1000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+    assert "src.completion" in imported and not imported & {"torch", "pytorch_lightning", "src.config"}
 
 
 @pytest.mark.parametrize("bits", [None, 2])
