@@ -104,8 +104,8 @@ def test_instability_cpu_runs_enough_steps_at_1e5_from_its_minima(tmp_path, monk
     for cfg in itertools.chain(*configs.values()):
         assert cfg.data.train_subset == 20000 and cfg.data.val_subset is None and cfg.model.name == "resnet20"
     assert {(c.ste.name, c.quant.bits, c.trainer.max_epochs) for c in configs["table1"]} == {
-        ("clipped_relu", 2, 6),
-        ("clipped_relu", 4, 6),
+        ("clipped_relu", 2, 3),
+        ("clipped_relu", 4, 3),
     }
     (fig2,), (fig4,) = configs["fig2"], configs["fig4"]
     steps_per_epoch = -(-20000 // fig2.data.batch_size)  # 157 full-size steps of batch 128
