@@ -25,7 +25,7 @@ from src.config import check_checkpoint
 from src.module import STEModule
 from src.rundir import AtomicCheckpointIO, EpochCheckpoint, read_rows, write_rows
 from src.stack import StackedModels
-from src.stacked.ste import add_bounds, interval_base
+from src.stacked.ste import add_bounds, stack_base
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def restore(s: Slice) -> None:
 def stack(slices: list[Slice], fixed_alpha: bool) -> StackedModels:
     """One stacked model over the slices' models, which become views of it."""
     models = [s.module.model for s in slices]
-    stacked = StackedModels(models, interval_base(models[0]) if fixed_alpha else None)
+    stacked = StackedModels(models, stack_base(models[0], fixed_alpha))
     stacked.bind(models)
     return stacked
 
@@ -220,7 +220,9 @@ def save_checkpoint(s: Slice, epoch: int) -> None:
         "pytorch-lightning_version": pl.__version__,
         # clone: a slice is a view, and torch.save writes a view's whole storage (all K runs)
         "state_dict": {k: v.detach().clone() for k, v in s.module.state_dict().items()},
-        "loops": loops(epoch + 1, trainer.global_step // (epoch + 1), trainer.num_val_batches[0]),
+        "loops": loops(
+            epoch + 1, trainer.global_step // (epoch + 1), trainer.num_val_batches[0], s.start_epoch == 0
+        ),
         "callbacks": {},
         "optimizer_states": [s.optimizer.state_dict()],
         "lr_schedulers": [] if s.scheduler is None else [s.scheduler.state_dict()],
@@ -239,9 +241,10 @@ def batch(n: int, total: int, last: bool) -> dict:
     return _progress(n, total, "ready", "completed", "started", "processed") | {"is_last_batch": last}
 
 
-def loops(epochs: int, batches: int, val_batches: int) -> dict:
+def loops(epochs: int, batches: int, val_batches: int, validated: bool) -> dict:
     """Lightning 2.x's loop counters after ``epochs`` epochs of ``batches`` steps, saved at the last epoch's end
-    (epoch progress: processed, not yet completed), so a resume starts the next epoch as for the run alone.
+    (epoch progress: processed, not yet completed), so a resume starts the next epoch as for the run alone;
+    ``validated``: this start ran the validation before training (a fresh run, not a resumed one).
     tests/test_stack_launcher.py compares them with a Lightning run's own."""
     steps = epochs * batches
     epoch_progress = _progress(epochs, epochs, "ready", "started", "processed")
@@ -267,7 +270,10 @@ def loops(epochs: int, batches: int, val_batches: int) -> dict:
     idle = {"state_dict": {}, "batch_progress": batch(0, 0, False)}
     return {
         "fit_loop": fit_loop,
-        "validate_loop": {"state_dict": {}, "batch_progress": batch(val_batches, val_batches, True)},
+        "validate_loop": {
+            "state_dict": {},
+            "batch_progress": batch(*(2 * [val_batches if validated else 0]), validated),
+        },
         "test_loop": idle,
         "predict_loop": {
             "state_dict": {},

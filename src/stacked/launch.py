@@ -28,7 +28,7 @@ from src.stacked.fit import Slice
 from src.stacked.group import device_and_precision, train_built, use
 from src.stacked.plan import plan
 from src.stacked.probe import StackTooBig, speedup
-from src.stacked.ste import add_bounds, interval_base
+from src.stacked.ste import add_bounds, stack_base
 from src.train import build, record_failure
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,10 @@ class StackedSweep:
         error of a stack that does not fit in memory."""
         first, k = slices[0], len(slices)
         model = copy.deepcopy(first.module.model)  # the probe steps copies, never the run
-        base = None
-        if first.cfg.quant.alpha_mode == "fixed":
+        fixed_alpha = first.cfg.quant.alpha_mode == "fixed"
+        if fixed_alpha:
             add_bounds(model, first.cfg.ste.name)
-            base = interval_base(model)
+        base = stack_base(model, fixed_alpha)
         device, precision = device_and_precision(first.cfg)
         first.datamodule.setup("fit")
         x, y = next(iter(first.datamodule._train_epoch(0, 0, 1)))

@@ -82,10 +82,13 @@ def add_bounds(model: nn.Module, ste: str) -> None:
         m.register_buffer("ste_hi", torch.tensor(hi), persistent=False)
 
 
-def interval_base(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (the stack's architecture) whose quantized activations read their STE per slice."""
+def stack_base(model: nn.Module, per_slice_ste: bool) -> nn.Module:
+    """A copy of ``model`` to run each slice of the stack: quantized activations that read their STE per slice
+    (``per_slice_ste``), and without the channels_last input hook of src/models.py (vmap cannot ask a tensor's
+    memory format; the layout changes speed, never values)."""
     base = copy.deepcopy(model)
-    for name, m in quantizers(base):
+    base._forward_pre_hooks.clear()
+    for name, m in quantizers(base) if per_slice_ste else ():
         owner, _, leaf = name.rpartition(".")
         setattr(base.get_submodule(owner), leaf, SliceQuantReLU(m.bits))
     return base
