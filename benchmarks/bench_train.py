@@ -15,7 +15,9 @@ Three tables, each run on one device named in the header:
   the device from the same weights and batch: loss and gradient differences, activation levels that differ.
 - concurrency: steps per second of 1, 2, 4, 8 ResNet-20 runs side by side on one device (one process each, as
   the joblib launcher runs sweep jobs), and the ratio to one run.
-- stacked: one step of K LeNet-5 runs as one stacked model (src/stack.py) against the K runs one by one.
+- stacked: one step of K runs (--stack-models, default LeNet-5) as one stacked model (src/stack.py) against the
+  K runs one by one; with --sweep-steps N also a 6-job LeNet-5 sweep (3 STEs × 2 seeds, N steps each) through
+  hydra/launcher=stacked, the basic launcher (one by one) and joblib (2 processes): wall time and jobs/hour.
 - epoch: a training epoch through Lightning against a bare PyTorch loop with the same model (in the layout its
   conf/model file sets), optimizer and random batches (--epoch-models, default LeNet-5): "src.train" is
   STEModule with the trainer and callbacks conf/train.yaml builds (checkpoint, diagnostics, progress bar; no
@@ -345,14 +347,14 @@ def concurrency_table(args, device) -> None:
         print(f"{n:>5}{total:>10.2f}{total / one:>11.2f}")
 
 
-def stacked_steps(k: int, bits: int, device) -> dict:
-    """Two closures, each one SGD step of K LeNet-5 runs (seeds 0..K−1, batch 64 each): "separate" steps the
-    K models one after another, "stacked" the same K as one model (src/stack.py)."""
-    in_shape, batch = INPUT["lenet5"]
+def stacked_steps(model_name: str, k: int, bits: int, device) -> dict:
+    """Two closures, each one SGD step of K runs of ``model_name`` (seeds 0..K−1, its Table 2 batch each):
+    "separate" steps the K models one after another, "stacked" the same K as one model (src/stack.py)."""
+    in_shape, batch = INPUT[model_name]
     models = []
     for seed in range(k):
         torch.manual_seed(seed)
-        models.append(build_model("lenet5", activation("clipped_relu", bits), in_shape).to(device))
+        models.append(build_model(model_name, activation("clipped_relu", bits), in_shape).to(device))
     stacked = StackedModels(copy.deepcopy(models))
     x = torch.randn(k, batch, *in_shape, device=device)  # (K, B, C, H, W): each run its own batch
     y = torch.randint(0, 10, (k, batch), device=device)
@@ -374,13 +376,57 @@ def stacked_steps(k: int, bits: int, device) -> dict:
 
 
 def stacked_table(args, device) -> None:
-    """Seconds per step of all K runs, separate and stacked, and the stacked throughput gain."""
-    print(f"\n## K LeNet-5 runs stacked (src/stack.py) vs one after another, {args.bits}-bit clipped_relu")
-    print(f"{'K':>3}{'separate s':>12}{'stacked s':>11}{'× throughput':>14}")
-    for k in args.stack:
-        median = time_interleaved(stacked_steps(k, args.bits, device), args.rounds, args.steps, device)
-        ratio = median["separate"] / median["stacked"]
-        print(f"{k:>3}{median['separate']:>12.4f}{median['stacked']:>11.4f}{ratio:>14.2f}")
+    """Seconds per step of all K runs, separate and stacked, and the stacked throughput gain; then a 6-job sweep
+    through the launchers (--sweep-steps > 0)."""
+    for model_name in args.stack_models:
+        print(
+            f"\n## K {model_name} runs stacked (src/stack.py) vs one after another, {args.bits}-bit clipped_relu"
+        )
+        print(f"{'K':>3}{'separate s':>12}{'stacked s':>11}{'× throughput':>14}")
+        for k in args.stack:
+            median = time_interleaved(
+                stacked_steps(model_name, k, args.bits, device), args.rounds, args.steps, device
+            )
+            ratio = median["separate"] / median["stacked"]
+            print(f"{k:>3}{median['separate']:>12.4f}{median['stacked']:>11.4f}{ratio:>14.2f}")
+    if args.sweep_steps:
+        sweep_table(args, device)
+
+
+SWEEP_LAUNCHERS = {  # the same 6 jobs through each launcher
+    "one by one": ["hydra/launcher=basic"],
+    "stacked": ["hydra/launcher=stacked", "hydra.launcher.force=true", "hydra.launcher.max_stack=6"],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+}
+
+
+def sweep_table(args, device) -> None:
+    """Jobs per hour of a 6-job Table-1 sweep (LeNet-5 on MNIST, 3 STEs × 2 seeds, --sweep-steps steps of one
+    epoch each) through each launcher: one command each, wall time from start to exit (Python start, data load,
+    validation and run files included)."""
+    import subprocess
+    import sys
+
+    jobs = ["experiment=lenet5_mnist", "ste=identity,relu,clipped_relu", "seed=0,1", "trainer.max_epochs=1",
+            f"trainer.limit_train_batches={args.sweep_steps}", "trainer.limit_val_batches=2", "logger=csv",
+            "callbacks.diagnostics=null", "trainer.enable_progress_bar=false", "share.threads=1",
+            f"trainer={'gpu' if device.type == 'cuda' else 'cpu'}", *args.sweep_extra]  # fmt: skip
+    print(
+        f"\n## A 6-job sweep (LeNet-5 MNIST, 3 STEs × 2 seeds, 1 epoch of {args.sweep_steps} steps) per launcher"
+    )
+    print(f"{'launcher':<12}{'wall s':>8}{'jobs/hour':>11}{'× one by one':>14}")
+    base = None
+    for name, launcher in SWEEP_LAUNCHERS.items():
+        with tempfile.TemporaryDirectory() as out:
+            command = [sys.executable, "-m", "src.train", "-m", *jobs, *launcher, f"hydra.sweep.dir={out}"]
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+        if done.returncode:
+            print(f"{name:<12} failed: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        base = base or wall
+        print(f"{name:<12}{wall:>8.1f}{6 * 3600 / wall:>11.0f}{base / wall:>14.2f}")
 
 
 def device_name(device: torch.device) -> str:
@@ -411,6 +457,13 @@ def parse_args():
         default=[1, 2, 4, 8],
         help="K of the stacked table",
     )
+    parser.add_argument("--stack-models", type=csv, default=["lenet5"], help="models of the stacked table")
+    parser.add_argument(
+        "--sweep-steps", type=int, default=0, help="stacked: steps per job of the 6-job sweep (0: off)"
+    )
+    parser.add_argument(
+        "--sweep-extra", type=csv, default=[], help="stacked: src.train overrides for that sweep"
+    )
     parser.add_argument(
         "--concurrent",
         type=lambda s: [int(n) for n in s.split(",")],
@@ -427,6 +480,7 @@ def parse_args():
     checks = [
         ("models", args.models, INPUT),
         ("epoch-models", args.epoch_models, INPUT),
+        ("stack-models", args.stack_models, INPUT),
         ("layouts", args.layouts, LAYOUTS),
     ]
     for name, given, valid in checks:
