@@ -20,7 +20,9 @@ leave others piecewise constant. An all-zero tensor (a zero-initialised bias) ge
 In d dimensions with N ≪ d samples the cosine shrinks towards 0 by about √(N/(N+d)) even for an exact gradient
 (‖ĝ‖ is inflated by noise), so compare cosines only at equal N and d. ``descent/smooth_slope(_fp)`` =
 ⟨ĝ, −g/‖g‖⟩, the slope of f_σ along the unit negative coarse (float-ReLU) gradient, is unbiased and has no such
-shrinkage: negative means the direction descends f_σ.
+shrinkage: negative means the direction descends f_σ; ``…_se`` is its standard error over the N antithetic pairs, so
+a slope is told from 0 by its own spread. ``descent/smooth_cos_noise`` = 1/√d, the size of the cosine of two random
+directions in d dimensions, beside which a cosine must be read.
 
 The weights are never written: every perturbed loss runs through ``torch.func.functional_call``; gradients come
 from ``torch.autograd.grad``, so ``.grad`` fields stay as they were. BN runs in eval mode (running statistics are
@@ -138,19 +140,29 @@ def smoothing_scales(params: list[torch.Tensor], sigma: float) -> torch.Tensor:
     return torch.cat(scales)
 
 
-def smoothed_grad(probed: Probed, sigma: float, samples: int, gen: torch.Generator) -> torch.Tensor:
-    """ĝ = (1/2N) Σ (ℓ(w + Sε) − ℓ(w − Sε)) S⁻¹ε over N antithetic pairs (module docstring), flattened.
+def smoothed_grad(
+    probed: Probed, sigma: float, samples: int, gen: torch.Generator, along=()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ĝ = (1/2N) Σ (ℓ(w + Sε) − ℓ(w − Sε)) S⁻¹ε over N antithetic pairs (module docstring), flattened, and each
+    pair's own estimate ĝ_i projected on every unit vector of ``along``: (N, len(along)), whose column means are
+    ⟨ĝ, u⟩ and whose spread gives their standard errors.
 
     ε is drawn on the CPU from ``gen`` and moved, so a seed gives the same ε on any device.
     """
     w = probed.flat()
     scale = smoothing_scales(probed.params, sigma)
     g_hat = torch.zeros_like(w)
+    units = torch.stack(list(along)) if len(along) else w.new_zeros(0, w.numel())  # (k, d)
+    projections = []
     for _ in range(samples):
         eps = torch.randn(w.numel(), generator=gen, dtype=w.dtype).to(w.device)
         delta = scale * eps
-        g_hat += (probed.loss(w + delta) - probed.loss(w - delta)) * eps / scale
-    return g_hat / (2 * samples)
+        g_i = (
+            (probed.loss(w + delta) - probed.loss(w - delta)) * eps / scale / 2
+        )  # one pair's estimate of ∇f_σ
+        g_hat += g_i
+        projections.append(units @ g_i)
+    return g_hat / samples, torch.stack(projections) if projections else units.new_zeros(0, len(units))
 
 
 def line_deltas(probed: Probed, direction: torch.Tensor, steps, base: float) -> list[float]:
@@ -168,10 +180,17 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denom if denom > 0 else math.nan
 
 
-def slope(g_hat: torch.Tensor, grad: torch.Tensor) -> float:
-    """⟨ĝ, −g/‖g‖⟩: the estimated slope of f_σ along the unit negative gradient; NaN when g = 0."""
-    norm = float(grad.norm())
-    return -float(g_hat @ grad) / norm if norm > 0 else math.nan
+def unit(direction: torch.Tensor) -> torch.Tensor:
+    """direction/‖direction‖; NaN everywhere when it is 0 (no direction: its slope is undefined)."""
+    norm = direction.norm()
+    return direction / norm if norm > 0 else torch.full_like(direction, math.nan)
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of N values and its standard error (sample std / √N; NaN for N < 2)."""
+    n = len(values)
+    se = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
+    return float(values.mean()), se
 
 
 def descent_probe(
@@ -186,7 +205,8 @@ def descent_probe(
     """Loss changes along −coarse, random and −float-ReLU directions, and the smoothed-gradient cosines (module doc).
 
     Keys: descent/loss, descent/{coarse,random,fp}/<t:g>, and unless smooth_samples = 0 descent/smooth_cos,
-    descent/smooth_cos_fp, descent/smooth_slope, descent/smooth_slope_fp. One CPU generator seeded with ``seed``
+    descent/smooth_cos_fp, descent/smooth_cos_noise (1/√d, the cosine's noise level), descent/smooth_slope,
+    descent/smooth_slope_fp and their standard errors (…_se, over the N pairs). One CPU generator seeded with ``seed``
     draws the random direction, then the ε samples.
     """
     device = next(model.parameters()).device
@@ -205,10 +225,17 @@ def descent_probe(
             out |= {f"descent/{label}/{t:g}": delta for t, delta in zip(steps, deltas, strict=True)}
         if smooth_samples == 0:
             return out
-        g_hat = smoothed_grad(probed, smooth_sigma, smooth_samples, gen)
+        g_hat, along = smoothed_grad(
+            probed, smooth_sigma, smooth_samples, gen, [unit(-g_coarse), unit(-g_fp)]
+        )
+    (slope, slope_se), (slope_fp, slope_fp_se) = mean_and_se(along[:, 0]), mean_and_se(along[:, 1])
     return out | {
         "descent/smooth_cos": cosine(g_hat, g_coarse),
         "descent/smooth_cos_fp": cosine(g_hat, g_fp),
-        "descent/smooth_slope": slope(g_hat, g_coarse),
-        "descent/smooth_slope_fp": slope(g_hat, g_fp),
+        "descent/smooth_cos_noise": 1
+        / math.sqrt(w.numel()),  # |cos| of two random directions in d dimensions
+        "descent/smooth_slope": slope,
+        "descent/smooth_slope_se": slope_se,
+        "descent/smooth_slope_fp": slope_fp,
+        "descent/smooth_slope_fp_se": slope_fp_se,
     }

@@ -3,6 +3,7 @@ and its bookkeeping (weights, BN statistics, modes, bits, .grad and the RNG rest
 
 import copy
 import math
+import statistics
 from functools import partial
 
 import pytest
@@ -67,7 +68,7 @@ def test_smoothed_gradient_points_along_population_gradient(setting, train_v, pa
     assert is_generic(v, w, v_star, w_star)
     probed, _ = probe_params(two_layer("clipped_relu", v, w, train_v), HALF_MSE, batch)
     assert probed.names == (["v", "w"] if train_v else ["w"])  # a frozen v is not probed
-    g_hat = smoothed_grad(probed, sigma=0.1, samples=pairs, gen=torch.Generator().manual_seed(0))
+    g_hat, _ = smoothed_grad(probed, sigma=0.1, samples=pairs, gen=torch.Generator().manual_seed(0))
     gv, gw = population_grad(v, w, v_star, w_star)  # Lemma 2, eqs. (6)–(7)
     truth = torch.cat([gv, gw]) if train_v else gw
     assert cosine(g_hat, truth) > 0.9
@@ -136,10 +137,17 @@ def test_fp_direction_and_cosines_use_the_float_relu_and_coarse_gradients(settin
         assert out[f"descent/fp/{t:g}"] == pytest.approx(float(moved) - base, abs=1e-12)
     gen = torch.Generator().manual_seed(3)
     torch.randn(M + N_DIM, generator=gen, dtype=F64)  # the random direction is drawn first, then the ε
-    g_hat = smoothed_grad(probe_params(model, HALF_MSE, batch)[0], 0.1, pairs, gen)
+    probed = probe_params(model, HALF_MSE, batch)[0]
+    pairs_g = [smoothed_grad(probed, 0.1, 1, gen)[0] for _ in range(pairs)]  # each antithetic pair's ĝ_i
+    g_hat = torch.stack(pairs_g).mean(0)
     assert out["descent/smooth_cos_fp"] == pytest.approx(cosine(g_hat, g_fp), abs=1e-9)
     assert out["descent/smooth_cos"] == pytest.approx(cosine(g_hat, g_coarse), abs=1e-9)
-    assert out["descent/smooth_slope"] == pytest.approx(-float(g_hat @ g_coarse / g_coarse.norm()), rel=1e-9)
+    assert out["descent/smooth_cos_noise"] == pytest.approx(1 / math.sqrt(M + N_DIM))
+    for key, g in (("smooth_slope", g_coarse), ("smooth_slope_fp", g_fp)):
+        per_pair = [-float(gi @ g / g.norm()) for gi in pairs_g]
+        assert out[f"descent/{key}"] == pytest.approx(statistics.fmean(per_pair), rel=1e-9)
+        se = statistics.stdev(per_pair) / math.sqrt(pairs)
+        assert out[f"descent/{key}_se"] == pytest.approx(se, rel=1e-9)
     assert out["descent/loss"] == pytest.approx(base, rel=1e-12)
 
 
@@ -182,8 +190,11 @@ def test_metric_names_and_determinism(tiny_net):
     smooth = {
         "descent/smooth_cos",
         "descent/smooth_cos_fp",
+        "descent/smooth_cos_noise",
         "descent/smooth_slope",
+        "descent/smooth_slope_se",
         "descent/smooth_slope_fp",
+        "descent/smooth_slope_fp_se",
     }
     assert set(out) == {"descent/loss"} | lines | smooth
     assert descent_probe(model, loss, batch, steps=(0.01, 0.1, 1.0), smooth_samples=2) == out

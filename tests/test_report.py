@@ -573,7 +573,9 @@ def test_readme_block_gets_the_headline_rows_of_this_profile(table_root: Path, t
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- /results:p -->\nafter\n")
     block = text.split("<!-- results:p -->")[1]
-    assert f"[{out}/report.md](docs/p/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block  # link: from the readme
+    assert (
+        f"[{out}/report.md](docs/p/report.md)" in block and "| MNIST | LeNet5 | 2 |" in block
+    )  # link: from the readme
     assert f"--readme {readme}`" in block
     assert "| CIFAR10 | VGG11 | 4 |" not in block  # only rows that ran (the fixture has no VGG11 4-bit runs)
 
@@ -821,6 +823,12 @@ def diag_row(ste: str, seed: int, epoch: int) -> dict:
             row[f"descent/random/{t}"] = 0.001 * scale
             row[f"descent/fp/{t}"] = -0.01 * scale
         row |= {"descent/smooth_cos": 0.7 + 0.1 * seed, "descent/smooth_cos_fp": 0.9, "descent/loss": 0.1}
+        row |= {"descent/smooth_cos_noise": 0.004, "descent/smooth_slope": -0.02 - 0.01 * seed}
+        row |= {
+            "descent/smooth_slope_se": 0.004,
+            "descent/smooth_slope_fp": 0.001,
+            "descent/smooth_slope_fp_se": 0.01,
+        }
     return row
 
 
@@ -856,7 +864,12 @@ def test_inside_the_ste_lists_layers_and_final_diagnostics(diag_root: Path):
     assert list(layers) == [(s, layer) for s in ("relu", "clipped_relu") for layer in LAYERS]
     agree = {r["STE"]: r for r in md_table(body, "Cosines at the final epoch")}
     assert agree["relu"]["vs clipped_relu"] == "0.85" and agree["relu"]["vs relu"] == "1"
-    assert agree["clipped_relu"]["vs relu"] == "0.65" and agree["relu"]["smooth_cos"] == "0.75"
+    assert agree["clipped_relu"]["vs relu"] == "0.65" and "smooth_cos" not in agree["relu"]
+    smooth = {r["STE"]: r for r in md_table(body, "The Gaussian-smoothed loss at the last probe")}
+    # mean of −0.02 and −0.03 ± 1.96·√(2·0.004²)/2 = 0.0055: below 0, so it descends; the FP slope 0.001 ± 0.014 not
+    assert smooth["relu"]["slope along −coarse (95 % CI)"] == "-0.025 ± 0.0055 (descends)"
+    assert smooth["relu"]["slope along −FP ReLU (95 % CI)"] == "0.001 ± 0.014 (not resolved)"
+    assert smooth["relu"]["cos(ĝ, coarse)"] == "0.75" and smooth["relu"]["noise 1/√d"] == "0.004"
     probe = {(r["run"], r["t"]): r for r in md_table(body, "Descent probe at the last probed epoch")}
     assert (
         probe[("relu", "0.01")]["Δ loss, coarse"] == "-0.025"

@@ -8,6 +8,7 @@ the callback's: model order.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -86,11 +87,11 @@ def figure(plot, name: str, out: Path, *args, **kwargs) -> str:
 
 def columns(prefix: str, curves: list[pd.DataFrame]) -> list[str]:
     """The logged columns of one diagnostic: per layer (diag/<layer>/<m>), per paper STE (disagree/<ste>), or the
-    descent probe over epochs (descent/coarse/<t> and the smoothed-loss slopes and cosines)."""
+    descent probe over epochs (descent/coarse/<t> and the smoothed-loss slopes)."""
     if prefix == "disagree":
         return present(curves, [f"disagree/{s}" for s in ste_order([])])
     if prefix == "descent":
-        smooth = [f"descent/{k}" for k in ("smooth_slope", "smooth_slope_fp", "smooth_cos", "smooth_cos_fp")]
+        smooth = ["descent/smooth_slope", "descent/smooth_slope_fp"]  # the cosines: smooth_table, beside 1/√d
         return present(curves, [f"descent/coarse/{t}" for t in steps(curves)] + smooth)
     return present(curves, [f"diag/{layer}/{prefix}" for layer in layers(curves)])
 
@@ -149,14 +150,41 @@ def layer_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
 
 
 def agreement_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
-    """Final epoch, mean over seeds: per STE the cosine with each paper STE's gradient and the smoothed cosines."""
+    """Final epoch, mean over seeds: per STE the cosine of its weight gradient with each paper STE's."""
     curves = [c for group in by_ste.values() for c in group]
-    cols = present(
-        curves, [f"disagree/{s}" for s in ste_order([])] + ["descent/smooth_cos", "descent/smooth_cos_fp"]
-    )
+    cols = present(curves, [f"disagree/{s}" for s in ste_order([])])
     header = [f"vs {c.split('/')[1]}" if c.startswith("disagree/") else c.split("/")[1] for c in cols]
     rows = [[ste, *(show(final(group, c)) for c in cols)] for ste, group in by_ste.items()]
     return md_table(["STE", *header], rows) if cols else ""
+
+
+def slope_ci(group: list[pd.DataFrame], column: str) -> str:
+    """The smoothed loss's slope at the last probe, mean over seeds ± 1.96 SE (the runs' own SEs over their
+    antithetic pairs, combined as independent: √(Σ SE²)/n); '—' when not logged."""
+    mean, ses = final(group, column), [final([c], f"{column}_se") for c in group if column in c]
+    if mean is None:
+        return "—"
+    if not ses or None in ses:
+        return f"{mean:.3g} (no SE logged)"
+    half = 1.96 * math.sqrt(sum(s**2 for s in ses)) / len(ses)
+    verdict = "descends" if mean + half < 0 else "ascends" if mean - half > 0 else "not resolved"
+    return f"{mean:.3g} ± {half:.2g} ({verdict})"
+
+
+def smooth_table(by_ste: dict[str, list[pd.DataFrame]]) -> str:
+    """Per STE at the last probe: the slope of the Gaussian-smoothed loss along −coarse and −FP-ReLU gradient with
+    its 95 % interval (unbiased), and the cosines beside their noise level 1/√d; '' without the probe."""
+    if not any("descent/smooth_slope" in c for group in by_ste.values() for c in group):
+        return ""
+    rows = [
+        [ste, slope_ci(group, "descent/smooth_slope"), slope_ci(group, "descent/smooth_slope_fp"),
+         show(final(group, "descent/smooth_cos")), show(final(group, "descent/smooth_cos_fp")),
+         show(final(group, "descent/smooth_cos_noise"))]
+        for ste, group in by_ste.items()
+    ]  # fmt: skip
+    header = ["STE", "slope along −coarse (95 % CI)", "slope along −FP ReLU (95 % CI)", "cos(ĝ, coarse)",
+              "cos(ĝ, FP ReLU)", "noise 1/√d"]  # fmt: skip
+    return md_table(header, rows)
 
 
 def probe_table(profiles: dict[str, pd.DataFrame]) -> str:
@@ -199,6 +227,11 @@ def group_part(key: tuple, by_ste: dict[str, list[pd.DataFrame]]) -> list[str]:
     agreement = agreement_table(by_ste)
     lead = "Cosines at the final epoch, mean over seeds (weight gradient vs each paper STE's; smoothed loss):\n\n"
     parts += [f"{lead}{agreement}\n"] if agreement else []
+    smooth = smooth_table(by_ste)
+    lead = ("The Gaussian-smoothed loss at the last probe: its slope along the unit negative gradient (negative: "
+            "that direction descends; unbiased, with its 95 % interval) and the cosines, which only mean something "
+            "well above 1/√d, the cosine of two random directions in the d probed weights:\n\n")  # fmt: skip
+    parts += [f"{lead}{smooth}\n"] if smooth else []
     parts += [f"Descent probe at the last probed epoch:\n\n{probe_table(profiles)}\n"] * bool(profiles)
     return parts
 
@@ -234,7 +267,7 @@ INTRO = (
     "(saturated), the entropy of the level occupancy (bits) and the gradient norm reaching it; the cosine between "
     "this run's weight gradient and each paper STE's on a fixed probe batch; and the descent probe: the change of "
     "the true (quantized) loss along the normalised negative coarse gradient, a random direction and the FP ReLU "
-    "gradient, and the cosine of a Gaussian-smoothed loss gradient with the coarse one (the deep-net counterpart "
+    "gradient, and the slope of a Gaussian-smoothed loss along the coarse gradient (the deep-net counterpart "
     "of the paper's ⟨E[g], ∇f⟩ > 0, Yin et al. 2019, Lemmas 4–9).\n"
 )
 
