@@ -462,7 +462,10 @@ def parse_args():
         "--sweep-steps", type=int, default=0, help="stacked: steps per job of the 6-job sweep (0: off)"
     )
     parser.add_argument(
-        "--sweep-extra", type=csv, default=[], help="stacked: src.train overrides for that sweep"
+        "--sweep-extra",
+        type=lambda s: [o for o in s.split(",") if o],  # "" (gpu_check.sh without EXTRA): none
+        default=[],
+        help="stacked: src.train overrides for that sweep",
     )
     parser.add_argument(
         "--concurrent",
