@@ -23,7 +23,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from src.config import ConfigError
 from src.rundir import SaveError
-from src.runs import RunFileError
+from src.runs import DONE, RunFileError, read_json
 from src.stacked.fit import Slice
 from src.stacked.group import device_and_precision, train_built, use
 from src.stacked.plan import plan
@@ -138,8 +138,15 @@ class StackedSweep:
     def run_group(self, group: list[int], overrides: dict) -> dict[int, JobReturn]:
         """Build the group's runs, check the stack, train it; each job's JobReturn by number."""
         opened = {num: self.open_job(overrides[num], num) for num in group}
-        slices, failed = {}, {}
+        slices, failed, done = {}, {}, {}
         for num, (_, cfg) in opened.items():
+            summary = read_json(Path(cfg.hydra.runtime.output_dir) / "summary.json")
+            if (
+                summary.get("status") in DONE
+            ):  # the sweep launched again: this job ended before, keep it as it is
+                log.info("#%d already %s: %s", num, summary["status"], cfg.hydra.runtime.output_dir)
+                done[num] = summary
+                continue
             try:
                 run_dir, resume, datamodule, module = build(use(cfg))
                 slices[num] = Slice(cfg, run_dir, datamodule, module, resume)
@@ -147,17 +154,22 @@ class StackedSweep:
                 failed[num] = f"error: {err}"
         verdict = self.check(list(slices.values())) if slices else None
         if verdict == ONE_BY_ONE:
-            return {num: self.run_alone(overrides[num], num) for num in group}
+            return {num: self.run_alone(overrides[num], num) for num in slices} | {
+                num: self.result(opened[num][0], done[num]) for num in done
+            }
         failed |= dict.fromkeys(slices, verdict) if verdict else self.train(slices)
         for num, message in failed.items():
             cfg = use(opened[num][1])
             log.error("#%d %s", num, message)
             record_failure(cfg, Path(cfg.hydra.runtime.output_dir), message)
-        returns = {}
-        for num, (ret, _) in opened.items():
-            ret.return_value = None if num in failed else slices[num].summary.get("val_acc_best")
-            returns[num] = ret
-        return returns
+        summaries = done | {num: s.summary for num, s in slices.items() if num not in failed}
+        return {num: self.result(ret, summaries.get(num)) for num, (ret, _) in opened.items()}
+
+    @staticmethod
+    def result(ret: JobReturn, summary: dict | None) -> JobReturn:
+        """The job's JobReturn with src.train.main's return value: its best val top-1 (None if it failed)."""
+        ret.return_value = (summary or {}).get("val_acc_best")
+        return ret
 
     def check(self, slices: list[Slice]) -> str | None:
         """None to stack; ONE_BY_ONE when the stack is measured slower here (unless force); else the one-line
