@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from src.errors import ConfigError
 from src.models import COMPILE_MODES, MODELS
+from src.plugins import load_plugins
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
 from src.quant.weights import weight_quantizer, weight_token
@@ -90,7 +91,7 @@ def register_resolvers() -> None:
 ROOT_KEYS = frozenset(
     {"seed", "tag", "tags", "run_name", "paths", "init", "resume", "callbacks", "hydra"}
     | {"model", "data", "ste", "quant", "wquant", "optimizer", "scheduler", "trainer", "logger"}
-    | {"divergence", "share"}
+    | {"divergence", "share", "plugins"}
 )
 # Hydra's own keys in a node with a _target_: not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -139,6 +140,7 @@ def validate_share(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs before any work starts; raise ConfigError with one line otherwise."""
+    load_plugins(cfg.get("plugins"))  # first: what they register (STEs, models) is checked below by name
     unknown = sorted(set(cfg) - ROOT_KEYS)
     _check(not unknown, f"unknown root key(s) {', '.join(unknown)}; valid: {', '.join(sorted(ROOT_KEYS))}")
     _check(

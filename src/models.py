@@ -18,25 +18,16 @@ from torch import nn
 from src.models_imagenet import ResNet18
 from src.quant import QuantReLU
 from src.quant.weights import WeightQuantizer, quantize_weights
+from src.registry import Registry
 
 ActFactory = Callable[[], nn.Module]
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS = Registry("model")  # name -> constructor (act, in_shape, num_classes, **sizes) -> nn.Module
 COMPILE_MODES = (
     "default",
     "reduce-overhead",
     "max-autotune",
     "max-autotune-no-cudagraphs",
 )  # torch.compile's
-
-
-def register(name: str):
-    """Add a model constructor to the registry under ``name``."""
-
-    def add(fn):
-        MODELS[name] = fn
-        return fn
-
-    return add
 
 
 def build_model(
@@ -58,11 +49,10 @@ def build_model(
     max-autotune); ``nn.Module.compile`` works in place, so the state-dict keys, and checkpoints, stay the same.
     ``wquant`` (conf/wquant) quantizes the conv/linear weights; None or fp leaves them float.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    constructor = MODELS.lookup(name)
     if compile_mode not in COMPILE_MODES:  # torch.compile itself would only complain at the first forward
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
-    model = MODELS[name](act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
+    model = constructor(act=act, in_shape=tuple(in_shape), num_classes=num_classes, **sizes)
     if wquant is not None:
         quantize_weights(model, wquant)
     if channels_last:
@@ -87,7 +77,7 @@ def conv_bn_act(c_in: int, c_out: int, act: ActFactory, kernel=3, stride=1, padd
     ]
 
 
-@register("lenet5")
+@MODELS.register("lenet5")
 def lenet5(act: ActFactory, in_shape, num_classes, channels=(6, 16), hidden=(120, 84)) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998) with BN before each activation (the paper adds it).
 
@@ -105,7 +95,7 @@ def lenet5(act: ActFactory, in_shape, num_classes, channels=(6, 16), hidden=(120
     return nn.Sequential(*layers)
 
 
-@register("vgg11")
+@MODELS.register("vgg11")
 def vgg11(
     act: ActFactory,
     in_shape,
@@ -146,7 +136,7 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + shortcut)
 
 
-@register("resnet")
+@MODELS.register("resnet")
 def resnet(act: ActFactory, in_shape, num_classes, depth=20, widths=(16, 32, 64)) -> nn.Module:
     """CIFAR ResNet (He et al. 2016) with option-A shortcuts: (depth−2)/6 blocks per stage, stride 2 between stages."""
     if (depth - 2) % 6:
@@ -159,10 +149,10 @@ def resnet(act: ActFactory, in_shape, num_classes, depth=20, widths=(16, 32, 64)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
 
-MODELS["resnet20"] = partial(resnet, depth=20)
+MODELS.register("resnet20")(partial(resnet, depth=20))
 
 
-@register("tiny")
+@MODELS.register("tiny")
 def tiny(act: ActFactory, in_shape, num_classes, width=8) -> nn.Module:
     """A test-only conv net (one conv-BN-act block, 4×4 max-pool, linear head), so framework tests take seconds."""
     c, h, w = in_shape
@@ -193,6 +183,6 @@ class TwoLayer(nn.Module):
         return self.act(z @ self.w) @ self.v  # (B, m, n) @ (n,) → (B, m) → (B,)
 
 
-register("two_layer")(TwoLayer)
+MODELS.register("two_layer")(TwoLayer)
 
-register("resnet18")(ResNet18)  # ImageNet models live in src/models_imagenet.py
+MODELS.register("resnet18")(ResNet18)  # ImageNet models live in src/models_imagenet.py

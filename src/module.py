@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ConstantLR, SequentialLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.plugins import load_plugins
 from src.quant import QuantReLU, set_epoch
 from src.theory import population_loss
 
@@ -188,6 +189,7 @@ def build_from_config(config: dict, in_shape, num_classes):
     """Model, optimizer and scheduler partials from a run's resolved config (config.yaml, a checkpoint's hparams)."""
     if config is None or in_shape is None:
         raise ValueError("STEModule needs a model, or the run config and input shape to rebuild it from")
+    load_plugins(config.get("plugins"))  # a run whose STE or model came from a plugin
     act = instantiate(config["quant"])
     # runs from before conf/wquant have float weights
     wquant = instantiate(config["wquant"]) if "wquant" in config else None

@@ -29,7 +29,7 @@ REFETCH = (
     "or copy the original file there"
 )
 ROOT_KEYS = (
-    "callbacks, data, divergence, hydra, init, logger, model, optimizer, paths, quant, resume, run_name, "
+    "callbacks, data, divergence, hydra, init, logger, model, optimizer, paths, plugins, quant, resume, run_name, "
     "scheduler, seed, share, ste, tag, tags, trainer, wquant"
 )
 # (overrides of a tiny CIFAR-shaped run, the exact line); {data} is the test's data root

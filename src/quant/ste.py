@@ -20,23 +20,18 @@ import math
 
 import torch
 
-STES: dict[str, type[STE]] = {}
+from src.registry import Registry
 
-
-def register(cls: type[STE]) -> type[STE]:
-    """Add an STE class to the registry under its ``name``."""
-    STES[cls.name] = cls
-    return cls
+STES = Registry("ste")  # name -> STE class; a plugin adds its own with @STES.register (README: Extending)
 
 
 def get_ste(name: str | STE, **kwargs) -> STE:
     """Return an STE instance from a registry name (with hyper-parameters) or pass an instance through."""
     if isinstance(name, STE):
         return name
-    if name not in STES:
-        raise ValueError(f"unknown ste {name!r}; valid names: {', '.join(sorted(STES))}")
+    cls = STES.lookup(name)
     try:
-        return STES[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as err:  # an argument this STE does not take
         raise ValueError(f"ste {name}: {err}; it takes {ste_defaults(name) or 'no arguments'}") from None
 
@@ -154,7 +149,7 @@ class LevelSTE(STE):
         raise NotImplementedError
 
 
-@register
+@STES.register
 class Identity(LevelSTE):
     """μ(x) = x, μ′(x) = 1. Hinton 2012 (lecture 9c); Bengio et al. 2013. The paper's identity STE, eq. (14)."""
 
@@ -171,7 +166,7 @@ class Identity(LevelSTE):
         return grad  # μ′ ≡ 1: skip the multiply
 
 
-@register
+@STES.register
 class ReLU(LevelSTE):
     """μ(x) = max(x, 0), μ′(x) = 1{x>0}. HWGQ (Cai et al. 2017); the paper's vanilla ReLU STE, eq. (11)."""
 
@@ -189,7 +184,7 @@ class ReLU(LevelSTE):
         return torch.ops.aten.threshold_backward(grad, k, 0)
 
 
-@register
+@STES.register
 class ClippedReLU(LevelSTE):
     """μ(x) = min(max(x, 0), c), μ′(x) = 1{0<x≤c}. HWGQ; the paper's best STE, eq. (26) for b=1, α=1."""
 
@@ -206,7 +201,7 @@ class ClippedReLU(LevelSTE):
         return torch.ops.aten.hardtanh_backward(grad, k, 0.5, levels + 0.5)
 
 
-@register
+@STES.register
 class LogTailedReLU(STE):
     """μ(x) = clipped ReLU on x ≤ c, c + log(x − c + 1) above; μ′(x) = 1{0<x≤c} + 1{x>c}/(x−c+1). HWGQ 2017."""
 
@@ -222,7 +217,7 @@ class LogTailedReLU(STE):
         return torch.where(x > c, tail, (x > 0).to(x.dtype))
 
 
-@register
+@STES.register
 class LeakyClippedReLU(STE):
     """μ′(x) = 1{0<x≤c} + ε·1{x≤0 or x>c}, ε ∈ [0, 1]: a dial from clipped ReLU (ε=0) to identity (ε=1). Ours."""
 
@@ -243,7 +238,7 @@ class LeakyClippedReLU(STE):
         return torch.where(inside, 1.0, torch.full_like(x, self.eps))
 
 
-@register
+@STES.register
 class SoftStaircase(STE):
     """μ(x) = α·Σ_{k=0}^{L−1} sigmoid(β(x−kα)/α): a smooth staircase (Bengio et al. 2013; slope annealing).
 
@@ -270,7 +265,7 @@ class SoftStaircase(STE):
         return self.beta * threshold_sum(x / alpha, levels, math.ceil(self.reach / self.beta), term)
 
 
-@register
+@STES.register
 class EWGS(STE):
     """Element-wise gradient scaling (Lee, Kim, Ham, CVPR 2021), on the clipped ReLU's support:
 
@@ -292,7 +287,7 @@ class EWGS(STE):
         return torch.where(inside, grad * scale, 0.0)
 
 
-@register
+@STES.register
 class DSQ(STE):
     """Differentiable Soft Quantization (Gong et al., ICCV 2019, §3) on each jump of σ_α.
 
@@ -323,7 +318,7 @@ class DSQ(STE):
         return torch.where(d.abs() <= 0.5, 0.5 * self.s * self.kappa * (1 - t * t), 0.0)
 
 
-@register
+@STES.register
 class GaussianSmoothed(STE):
     """σ_α smoothed by Gaussian noise: μ(x) = E_ε[σ_α(x + σα·ε)], ε ~ N(0, 1), σ in units of α.
 
@@ -353,7 +348,7 @@ class GaussianSmoothed(STE):
         return threshold_sum(x / alpha, levels, width, density) / (self.sigma * math.sqrt(2 * math.pi))
 
 
-@register
+@STES.register
 class ReSTE(STE):
     """Rectified STE (Wu, Zheng, Liu, Zheng, ICCV 2023, §4, and their code): the power function
     sign(x)|x|^{1/o}, o ≥ 1, whose derivative (1/o)|x|^{1/o−1} is replaced by the secant slope t^{1/o−1} on |x| ≤ t,
@@ -402,7 +397,7 @@ class ReSTE(STE):
         return torch.where(inside, torch.where(w > t, p * w.clamp_min(t) ** (p - 1), t ** (p - 1)), 0.0)
 
 
-@register
+@STES.register
 class ApproxPoly(STE):
     """Bi-Real Net's ApproxSign (Liu et al., ECCV 2018, §3.2) on each jump of σ_α: F(v) = 2v − v|v| on |v| ≤ 1
     (sign(v) beyond), F′(v) = 2 − 2|v|, a triangle; scaled to one step, v = 2(x/α − j) around the threshold jα:
@@ -424,7 +419,7 @@ class ApproxPoly(STE):
         return (2 - 4 * (u - nearest_threshold(u, levels)).abs()).clamp_min(0)
 
 
-@register
+@STES.register
 class AnnealedSoftStaircase(SoftStaircase):
     """soft_staircase (μ′ = β·Σ_k s_k(1 − s_k), s_k = sigmoid(β(x − kα)/α)) with its slope β annealed over training:
     β(t) = β_start·(β_end/β_start)^t, t = epoch/(max_epochs − 1), set by ``set_epoch``: the slope annealing trick of

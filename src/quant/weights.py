@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.quant.quantizer import MAX_BITS, lloyd_alpha
+from src.registry import Registry
 
-WSTES: dict[str, type[WeightSTE]] = {}
-WQUANTS: dict[str, type[WeightQuantizer]] = {}
+WSTES = Registry("wquant.ste")  # name -> WeightSTE class
+WQUANTS = Registry("wquant")  # name -> WeightQuantizer class
 SCALES = (
     "max",
     "lloyd",
@@ -47,15 +48,7 @@ class WeightSTE:
         return self.name
 
 
-def _register(registry: dict):
-    def add(cls):
-        registry[cls.name] = cls
-        return cls
-
-    return add
-
-
-@_register(WSTES)
+@WSTES.register
 class IdentityW(WeightSTE):
     """μ(w) = w, μ′ = 1: the gradient at q(w) is w's (BinaryConnect, DoReFa-Net)."""
 
@@ -65,7 +58,7 @@ class IdentityW(WeightSTE):
         return grad
 
 
-@_register(WSTES)
+@WSTES.register
 class ClippedW(WeightSTE):
     """μ(w) = clamp(w, −c, c), μ′ = 1{|w| ≤ c} with c the largest level: no gradient where q(w) is saturated (BNN's
     1{|w| ≤ 1}; LSQ's 1{−Qp ≤ w/s ≤ Qp})."""
@@ -78,9 +71,7 @@ class ClippedW(WeightSTE):
 
 def get_wste(name: str) -> WeightSTE:
     """A weight STE by registry name."""
-    if name not in WSTES:
-        raise ValueError(f"unknown wquant.ste {name!r}; valid names: {', '.join(sorted(WSTES))}")
-    return WSTES[name]()
+    return WSTES.lookup(name)()
 
 
 # ---- forward: the quantizers -------------------------------------------------------------------------------
@@ -156,7 +147,7 @@ class WeightQuantizer:
         )
 
 
-@_register(WQUANTS)
+@WQUANTS.register
 class FloatWeights(WeightQuantizer):
     """No weight quantization (the paper): the model is left as built."""
 
@@ -166,7 +157,7 @@ class FloatWeights(WeightQuantizer):
         return w
 
 
-@_register(WQUANTS)
+@WQUANTS.register
 class BinaryWeights(WeightQuantizer):
     """q(w) = a·sign(w), a = mean|w| per output channel (XNOR-Net eq. 6, DoReFa-Net's E|w|); sign(0) = +1."""
 
@@ -178,7 +169,7 @@ class BinaryWeights(WeightQuantizer):
         return torch.where(w >= 0, a, -a), a
 
 
-@_register(WQUANTS)
+@WQUANTS.register
 class TernaryWeights(WeightQuantizer):
     """TWN (Li, Zhang, Liu 2016, eq. 9-10): Δ = 0.7·mean|w| per output channel, q(w) = a·sign(w)·1{|w| > Δ} with
     a = mean of |w| over |w| > Δ (0 when no weight passes Δ)."""
@@ -194,7 +185,7 @@ class TernaryWeights(WeightQuantizer):
         return torch.sign(w) * mask * a, a
 
 
-@_register(WQUANTS)
+@WQUANTS.register
 class UniformWeights(WeightQuantizer):
     """k-bit symmetric uniform: q(w) = s·clamp(round(w/s), −Qp, Qp), Qp = 2^(k−1) − 1 (levels −Qp..Qp, so 2 bits
     is {−s, 0, s}), a step s per output channel by ``scale``: max (max|w|/Qp: nothing clipped), lloyd (the step
@@ -245,10 +236,9 @@ def weight_quantizer(
     name: str = "fp", bits=None, scale=None, ste="identity", first_last="float"
 ) -> WeightQuantizer:
     """The quantizer conf/wquant describes (its ``_target_``); a bad setting is a one-line ValueError."""
-    if name not in WQUANTS:
-        raise ValueError(f"unknown wquant {name!r}; valid names: {', '.join(sorted(WQUANTS))}")
+    cls = WQUANTS.lookup(name)
     kwargs = {"scale": scale} if name == "uniform" or scale is not None else {}
-    return WQUANTS[name](bits=bits, ste=ste, first_last=first_last, **kwargs)
+    return cls(bits=bits, ste=ste, first_last=first_last, **kwargs)
 
 
 def weight_token(name: str, bits) -> str | None:

@@ -36,7 +36,7 @@ NOT_IDENTITY = (
     "tags", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.default_root_dir", "trainer.plugins", "data.root", "data.download", "data.verify_checksums",
-    "data.val_batch_size", "data.num_workers", "data.on_device", "model.compile", "model.compile_mode",
+    "data.val_batch_size", "data.num_workers", "data.on_device", "model.compile", "model.compile_mode", "plugins",
 )  # fmt: skip
 
 
