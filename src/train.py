@@ -340,6 +340,10 @@ class RunChecks(Callback):
         make_dir(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if "max_stack" in config.hydra.launcher:  # hydra/launcher=stacked: checked before the sweep dir
+            from src.stacked.launch import check_max_stack
+
+            check_max_stack(config.hydra.launcher.max_stack)
         make_dir(config.hydra.sweep.dir)
         self.start = time.time()
 
