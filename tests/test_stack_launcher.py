@@ -10,6 +10,9 @@ order differences (~1e-7) can move a pre-activation across a step edge kα; meas
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +24,13 @@ from src.quant.quantizer import quant_relu
 from src.rundir import read_rows
 from src.runs import read_json, read_run
 from src.stacked.group import train_group
-from src.stacked.launch import StackedSweep
+from src.stacked.launch import ONE_BY_ONE, StackedSweep
 from src.stacked.plan import plan
 from src.stacked.probe import StackTooBig
 from src.stacked.ste import _IntervalSTEFn, bounds
 from src.train import build, train
-from tests.runs import fast_cfg
+from tests.conftest import REPO
+from tests.runs import FAST, fake_data, fast_cfg, make_cfg
 
 # 2 epochs of 3 steps, no diagnostics (stacked runs do not compute them; plan.why_not refuses them)
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.diagnostics=null"]
@@ -218,7 +222,7 @@ def test_a_stack_that_does_not_fit_is_one_line_naming_group_and_k(tmp_path, monk
     monkeypatch.setattr("src.stacked.launch.speedup", no_memory)
     sweep = StackedSweep(None, None, None, max_stack=4, force=True, probe_steps=0)
     message = sweep.check(slices)
-    assert message.startswith("error: stacked group tiny/mnist (K=4) does not fit in memory")
+    assert message.startswith("error: stacked group tiny/cifar10 (K=4) does not fit in memory")
     assert message.endswith("try hydra.launcher.max_stack=2") and "\n" not in message
     assert not any((tmp_path / f"s{i}").exists() for i in range(4))
 
@@ -226,3 +230,105 @@ def test_a_stack_that_does_not_fit_is_one_line_naming_group_and_k(tmp_path, monk
 def _built(cfg):
     run_dir, resume, datamodule, module = build(cfg)
     return run_dir, datamodule, module, resume
+
+
+def test_a_stack_slower_than_one_by_one_falls_back_and_says_so_once(tmp_path, monkeypatch):
+    """The probe measures 0.73x (LeNet-5 K=4 on the 2-core CPU): the group runs one by one, said once per sweep;
+    force=true only checks that the stack fits and stacks."""
+    cfgs = [
+        fast_cfg(tmp_path, "tiny", "callbacks.diagnostics=null", f"seed={i}", run=f"s{i}") for i in range(2)
+    ]
+    slices = [stacked_fit.Slice(c, *_built(c)) for c in cfgs]
+    monkeypatch.setattr("src.stacked.launch.speedup", lambda *a, **k: 0.73)
+    sweep = StackedSweep(None, None, None, max_stack=4, force=False, probe_steps=5)
+    assert sweep.check(slices) == sweep.check(slices) == ONE_BY_ONE
+    assert len(sweep.said) == 1 and "0.73x the throughput of one by one" in next(iter(sweep.said))
+    assert StackedSweep(None, None, None, max_stack=4, force=True, probe_steps=5).check(slices) is None
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """python -m src.train -m hydra/launcher=stacked ... on tiny fake MNIST, 1 epoch of 2 steps, in tmp_path."""
+    data = fake_data(tmp_path / "data")
+    command = [sys.executable, "-m", "src.train", "-m", "hydra/launcher=stacked", "model=tiny", "data=mnist",
+               f"paths.data_dir={data}", "data.verify_checksums=false", "data.download=false", "data.batch_size=16",
+               *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # a Python start per command: ~30 s each on the loaded 2-core CPU
+def test_cli_sweep_stacks_the_groupable_jobs_and_runs_the_rest_alone(tmp_path):
+    out = cli(
+        tmp_path,
+        "hydra.launcher.force=true",
+        "callbacks.diagnostics=null",
+        "ste=identity,relu,ewgs",
+        "seed=0,1",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "6 jobs in 1 stacks (K = 4), 2 one by one" in out.stderr + out.stdout
+    runs = sorted((tmp_path / "sweep").glob("*_tiny-*"))
+    assert len(runs) == 6 and all(read_run(r).status == "finished" for r in runs)
+    for run in runs:
+        assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        stack = read_json(run / "provenance.json").get("stack")
+        assert (stack or {}).get("k") == (None if "ewgs" in run.name else 4), run.name
+
+
+@pytest.mark.slow
+def test_cli_no_groupable_jobs_run_one_by_one_said_once(tmp_path):
+    out = cli(tmp_path, "seed=0,1")  # callbacks.diagnostics on (the default): not stacked
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [line for line in (out.stderr + out.stdout).splitlines() if "no jobs to stack" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "running all 2 one by one (callbacks.diagnostics is on (callbacks.diagnostics=null stacks))"
+    )
+    assert all(read_run(r).status == "finished" for r in (tmp_path / "sweep").glob("*_tiny-*"))
+
+
+@pytest.mark.slow
+def test_cli_max_stack_below_one_is_one_line_and_writes_nothing(tmp_path):
+    out = cli(tmp_path, "hydra.launcher.max_stack=0", "seed=0,1")
+    assert out.returncode == 1
+    assert (
+        out.stderr.strip().splitlines()[-1]
+        == "error: hydra.launcher.max_stack must be an integer >= 1, got 0"
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_paper_fast_stacks_every_job_of_its_stages(tmp_path, monkeypatch):
+    """conf_tools/pipeline/paper_fast.yaml: each multirun the pipeline launches is stacked whole, in stacks of
+    K = 3 (as the profile states), on the paper's protocol (200 epochs) with trainer=gpu."""
+    from src.reproduce import jobs as pipeline_jobs
+    from src.reproduce.profile import load_profile
+    from src.reproduce.stages import Pipeline
+    from tests.test_profiles import expand, write_summary
+
+    multiruns = []
+
+    def fake_run(stage_dir: Path, args: list[str], launcher) -> None:  # records a multirun, launches nothing
+        multiruns.append(expand(args))
+        for job in multiruns[-1]:
+            write_summary(stage_dir, dict(a.split("=", 1) for a in job))
+
+    monkeypatch.setattr(pipeline_jobs, "run_hydra", fake_run)
+    pipeline = Pipeline(load_profile("paper_fast") | {"name": "paper_fast"}, tmp_path, None, [])
+    pipeline.pretrain(), pipeline.table1()
+    assert [len(m) for m in multiruns] == [
+        3,
+        6,
+        6,
+        6,
+    ]  # FP: 3 seeds; Table 1: per seed, 3 STEs × 2 bit widths
+    for n, multirun in enumerate(multiruns[:2]):  # the FP stage and one seed's Table 1 (the others alike)
+        assert all("hydra/launcher=stacked" in job for job in multirun)
+        overrides = [[o for o in job if not o.startswith("hydra/")] for job in multirun]
+        composed = [
+            (i, make_cfg(tmp_path / "c" / f"{n}_{i}", job), "cifar10") for i, job in enumerate(overrides)
+        ]
+        assert all(
+            cfg.trainer.max_epochs == 200 and cfg.trainer.accelerator == "gpu" for _, cfg, _ in composed
+        )
+        stacks, alone = plan(composed, max_stack=8)
+        assert not alone and [len(s) for s in stacks] == [3] * (len(multirun) // 3)

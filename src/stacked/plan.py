@@ -60,7 +60,10 @@ def why_not(cfg: DictConfig, data: str) -> str | None:
 
 
 def group_key(config: dict, run_dir: str) -> str:
-    """The resolved run config without its per-slice keys, as text: jobs with equal keys share a model."""
+    """The resolved run config without its per-slice keys, as text: jobs with equal keys share a model.
+
+    Values that hold the run dir or the run name (checkpoint paths, metrics.csv, W&B's save_dir and run name)
+    name the job, not its model: both are replaced by placeholders."""
     shared = json.loads(json.dumps(config))  # a deep copy of plain data
     per_slice = PER_SLICE + (PER_SLICE_STE if config["quant"].get("alpha_mode") == "fixed" else ())
     for path in per_slice:
@@ -69,8 +72,8 @@ def group_key(config: dict, run_dir: str) -> str:
         for p in parents:
             node = node.get(p) or {}
         node.pop(leaf, None)
-    # paths inside the run dir (checkpoints, metrics.csv, W&B's save_dir) name the job, not its model
-    return json.dumps(shared, sort_keys=True).replace(run_dir, "<run dir>")
+    text = json.dumps(shared, sort_keys=True).replace(run_dir, "<run dir>")
+    return text.replace(json.dumps(config["run_name"]), '"<run name>"')
 
 
 def plan(jobs: list[tuple[int, DictConfig, str]], max_stack: int) -> tuple[list[list[int]], dict[int, str]]:
