@@ -416,7 +416,7 @@ def sweep_table(args, device) -> None:
     )
     print(f"{'launcher':<12}{'wall s':>8}{'jobs/hour':>11}{'× one by one':>14}")
     base = None
-    for name, launcher in SWEEP_LAUNCHERS.items():
+    for name, launcher in ((n, SWEEP_LAUNCHERS[n]) for n in args.sweep_launchers):
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "src.train", "-m", *jobs, *launcher, f"hydra.sweep.dir={out}"]
             start = time.perf_counter()
@@ -425,7 +425,7 @@ def sweep_table(args, device) -> None:
         if done.returncode:
             print(f"{name:<12} failed: {done.stderr.strip().splitlines()[-1]}")
             continue
-        base = base or wall
+        base = base or wall  # the first launcher listed (one by one by default) is the reference
         print(f"{name:<12}{wall:>8.1f}{6 * 3600 / wall:>11.0f}{base / wall:>14.2f}")
 
 
@@ -462,6 +462,12 @@ def parse_args():
         "--sweep-steps", type=int, default=0, help="stacked: steps per job of the 6-job sweep (0: off)"
     )
     parser.add_argument(
+        "--sweep-launchers",
+        type=lambda s: s.split(","),
+        default=list(SWEEP_LAUNCHERS),
+        help="stacked: launchers of that sweep, from " + ",".join(SWEEP_LAUNCHERS),
+    )
+    parser.add_argument(
         "--sweep-extra",
         type=lambda s: [o for o in s.split(",") if o],  # "" (gpu_check.sh without EXTRA): none
         default=[],
@@ -484,6 +490,7 @@ def parse_args():
         ("models", args.models, INPUT),
         ("epoch-models", args.epoch_models, INPUT),
         ("stack-models", args.stack_models, INPUT),
+        ("sweep-launchers", args.sweep_launchers, SWEEP_LAUNCHERS),
         ("layouts", args.layouts, LAYOUTS),
     ]
     for name, given, valid in checks:

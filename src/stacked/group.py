@@ -5,21 +5,15 @@ from __future__ import annotations
 import logging
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.runs import read_json, write_json
 from src.stacked.fit import Slice, fit, prepare
+from src.stacked.plan import use
 from src.train import build, build_loggers, finish_wandb, record_start, write_summary
 
 log = logging.getLogger(__name__)
-
-
-def use(cfg: DictConfig) -> DictConfig:
-    """Make ``cfg`` the current Hydra job config (the run name, choices and W&B tags resolve from it)."""
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def device_and_precision(cfg: DictConfig) -> tuple[torch.device, object]:

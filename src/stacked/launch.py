@@ -25,8 +25,8 @@ from src.config import ConfigError
 from src.rundir import SaveError
 from src.runs import DONE, RunFileError, read_json
 from src.stacked.fit import Slice
-from src.stacked.group import device_and_precision, train_built, use
-from src.stacked.plan import plan
+from src.stacked.group import device_and_precision, train_built
+from src.stacked.plan import plan, use
 from src.stacked.probe import StackTooBig, speedup
 from src.stacked.ste import add_bounds, stack_base
 from src.train import build, record_failure
@@ -154,7 +154,7 @@ class StackedSweep:
                 failed[num] = f"error: {err}"
         verdict = self.check(list(slices.values())) if slices else None
         if verdict == ONE_BY_ONE:
-            return {num: self.run_alone(overrides[num], num) for num in slices} | {
+            return {num: self.run_alone(overrides[num], num) for num in group if num not in done} | {
                 num: self.result(opened[num][0], done[num]) for num in done
             }
         failed |= dict.fromkeys(slices, verdict) if verdict else self.train(slices)

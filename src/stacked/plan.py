@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from src.stacked.ste import BOUNDS
@@ -31,6 +32,12 @@ TRAINER = {"_target_", "default_root_dir", "max_epochs", "accelerator", "devices
            "log_every_n_steps", "enable_model_summary", "limit_train_batches", "limit_val_batches",
            "enable_progress_bar", "inference_mode", "plugins", "benchmark"}  # fmt: skip
 PRECISIONS = ("32-true", "32", "64-true", "64")
+
+
+def use(cfg: DictConfig) -> DictConfig:
+    """Make ``cfg`` the current Hydra job config (the run name, choices and W&B tags resolve from it)."""
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def why_not(cfg: DictConfig, data: str) -> str | None:
@@ -84,6 +91,7 @@ def plan(jobs: list[tuple[int, DictConfig, str]], max_stack: int) -> tuple[list[
     groups: dict[str, list[int]] = {}
     alone: dict[int, str] = {}
     for num, cfg, data in jobs:
+        use(cfg)  # its ${hydra:...} values (run name, run dir) resolve from the current Hydra config
         reason = why_not(cfg, data)
         if reason:
             alone[num] = reason
