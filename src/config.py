@@ -1,91 +1,33 @@
-"""Config helpers: OmegaConf resolvers used by conf/, and validation that turns bad input into one clear line."""
+"""Validation of a run config: every check that turns bad input into one clear line before any work starts.
+
+Run names and conf/'s resolvers live in src/naming.py, what ``resume`` and checkpoints must be in src/resume.py.
+"""
 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
-import uuid
 import warnings
-import zipfile
-from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from src.errors import ConfigError
 from src.models import COMPILE_MODES, MODELS
+from src.naming import check_name, check_tag
 from src.plugins import load_plugins
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
-from src.quant.weights import weight_quantizer, weight_token
-
-
-def run_name(model: str, data: str, bits, ste: str, seed: int, tag=None, wquant="fp", wbits=None) -> str:
-    """<model>-<data>-<ste>-<b>bit-s<seed>[-<tag>]; the activation part is ``fp`` for a float ReLU. Quantized
-    weights name both widths instead of <b>bit: w2a2, w1a2 (binary), wta2 (ternary), w4afp (float activations)."""
-    weights = weight_token(wquant, wbits)
-    if weights is None:
-        activation = "fp" if bits is None else f"{ste}-{bits}bit"
-    else:
-        activation = f"w{weights}afp" if bits is None else f"{ste}-w{weights}a{bits}"
-    name = f"{model}-{data}-{activation}-s{seed}" + (f"-{tag}" if tag else "")
-    check_name(name, "run_name")  # it becomes a directory: refused here, before Hydra makes it
-    return name
-
-
-# A name that becomes one path component (tag, run_name): printable, no separator, no "..", no leading "." or
-# "-" (hidden files, options), at most NAME_MAX characters; what else a file system refuses is its own error.
-NAME_MAX = 200
-
-
-def check_name(value, key: str) -> None:
-    """Raise a one-line ConfigError unless ``value`` is safe as a single path component."""
-    text = str(value)
-    bad = (
-        not text
-        or len(text) > NAME_MAX
-        or not text.isprintable()
-        or any(c.isspace() or c in '/\\:*?"<>|' for c in text)
-        or ".." in text
-        or text[0] in ".-"
-    )
-    _check(
-        not bad,
-        f"{key} must be one plain name: none of / \\ : * ? \" < > |, '..', spaces or control characters, not "
-        f"starting with . or -, at most {NAME_MAX} characters; got {value!r}",
-    )
-
-
-def sweep_group() -> str | None:
-    """The W&B group of a multirun job: <parent>/<sweep dir>, e.g. mnist_paper/table1 for a pipeline stage
-    (None for a single run)."""
-    hydra = HydraConfig.get()
-    sweep = Path(hydra.sweep.dir)
-    return f"{sweep.parent.name}/{sweep.name}" if hydra.mode == RunMode.MULTIRUN else None
-
-
-def resume_dir(resume, default: str) -> str:
-    """hydra.run.dir: the run dir of ``resume`` (a run dir, or checkpoints/<file>.ckpt inside one), else default."""
-    if not resume:
-        return default
-    path = Path(str(resume))
-    return str(path.parent.parent if path.suffix == ".ckpt" and path.parent.name == "checkpoints" else path)
-
-
-def register_resolvers() -> None:
-    """Resolvers for conf/: ${run_name:...}, ${sweep_group:} and ${uid:} (6 hex chars, cached so that a run,
-    and every job of a sweep, sees one value)."""
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)
-        OmegaConf.register_new_resolver("sweep_group", sweep_group)
-        OmegaConf.register_new_resolver("resume_dir", resume_dir)
-        OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
-
+from src.quant.weights import weight_quantizer
+from src.resume import (
+    check_checkpoint,
+    check_resume_target,
+    checkpoint_file,  # noqa: F401 - src.gradients still imports it from here
+)
+from src.targets import HYDRA_KEYS, build_partial, check_arguments, check_keys, config_error, construct
 
 # Root keys a run config may hold: conf/train.yaml's and Hydra's.
 ROOT_KEYS = frozenset(
@@ -93,8 +35,6 @@ ROOT_KEYS = frozenset(
     | {"model", "data", "ste", "quant", "wquant", "optimizer", "scheduler", "trainer", "logger"}
     | {"divergence", "share", "plugins"}
 )
-# Hydra's own keys in a node with a _target_: not arguments of the target.
-HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 
 
 def _check(ok: bool, message: str) -> None:
@@ -174,7 +114,7 @@ def validate(cfg: DictConfig) -> None:
             check_checkpoint(path, key)
     two_layer, gaussian = cfg.model.name == "two_layer", "GaussianDataModule" in cfg.data._target_
     _check(two_layer == gaussian, "model=two_layer goes with data=gaussian (and only with it)")
-    validate_build(cfg)
+    validatebuild_partial(cfg)
 
 
 def validate_job(config: DictConfig) -> None:
@@ -195,7 +135,7 @@ def validate_job(config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
 
 
-def validate_build(cfg: DictConfig) -> None:
+def validatebuild_partial(cfg: DictConfig) -> None:
     """Build the datamodule (its constructor checks mean/std per channel and the like; it reads no file) and
     the model on its input shape, so a value only they reject (resnet depth 7) is one line, not a traceback."""
     datamodule = construct("data", cfg.data)
@@ -222,22 +162,6 @@ def validate_names(cfg: DictConfig) -> None:
     except Exception as err:  # noqa: BLE001 - the resolver's ConfigError, inside OmegaConf's wrapper
         raise config_error(err) from None
     check_name(name, "run_name")
-
-
-def check_tag(tag) -> None:
-    """A tag (null, a string or a number) that can be part of a directory name."""
-    if tag is not None:
-        _check(isinstance(tag, str | int) and not isinstance(tag, bool), f"tag must be a name, got {tag!r}")
-        check_name(tag, "tag")
-
-
-def config_error(err: BaseException) -> ConfigError:
-    """The ConfigError inside a wrapper (Hydra's instantiate, OmegaConf's resolvers), else the error's first
-    line as one."""
-    cause = err
-    while cause is not None and not isinstance(cause, ConfigError):
-        cause = cause.__cause__ or cause.__context__
-    return cause or ConfigError(" ".join(str(err).split()))
 
 
 def validate_small_groups(cfg: DictConfig) -> None:
@@ -277,47 +201,6 @@ def validate_trainer(cfg: DictConfig) -> None:
         quiet.setLevel(level)
 
 
-def construct(key: str, node: DictConfig, **kwargs):
-    """instantiate(node, **kwargs), with whatever the constructor rejects as one line naming ``key``."""
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, Lightning's MisconfigurationException
-        cause = err.__cause__ or err  # Hydra's InstantiationException wraps the constructor's error
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        text = " ".join(str(cause).split())
-        raise ConfigError(text if text.startswith(key) else f"{key}: {text}") from None
-
-
-def check_resume_target(resume: str) -> None:
-    """``resume`` names an existing run dir or a checkpoint inside one (<run dir>/checkpoints/<file>.ckpt):
-    the run continues in that dir, so nothing else is accepted, and nothing is created for a wrong path."""
-    path = Path(resume).expanduser()
-    _check(path.exists(), f"resume: no run dir or checkpoint at {resume}")
-    if path.is_file():
-        _check(
-            path.parent.name == "checkpoints",
-            f"resume: {resume} is not inside a run dir (<run dir>/checkpoints/<file>.ckpt) and a resumed run "
-            f"continues in its own dir; to start a new run from its weights use init.checkpoint={resume}",
-        )
-
-
-def first_difference(old: DictConfig, new: DictConfig, keys) -> tuple[str, object, object] | None:
-    """The first leaf (dotted key) under ``keys``, in that order, whose value differs, with both values."""
-    for key in keys:
-        a, b = OmegaConf.select(old, key), OmegaConf.select(new, key)
-        if isinstance(a, DictConfig) and isinstance(b, DictConfig):
-            found = first_difference(a, b, sorted(set(a) | set(b), key=lambda k: (k != "name", str(k))))
-            if found:
-                return f"{key}.{found[0]}", found[1], found[2]
-        elif a != b:
-            plain = [
-                OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v for v in (a, b)
-            ]
-            return key, plain[0], plain[1]
-    return None
-
-
 def validate_optimizer(cfg: DictConfig) -> None:
     """lr, weight decay and momentum are finite numbers in range; then build the optimizer and scheduler on a
     dummy parameter, so an unknown key (+optimizer.foo=1) or a value torch rejects fails here, not in fit."""
@@ -335,8 +218,8 @@ def validate_optimizer(cfg: DictConfig) -> None:
     check_arguments(cfg.optimizer, "optimizer")
     check_arguments(cfg.scheduler, "scheduler")
     check_milestones(cfg.scheduler, "scheduler")
-    optimizer = _build("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
-    _build("scheduler", cfg.scheduler, optimizer, step=True)
+    optimizer = build_partial("optimizer", cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    build_partial("scheduler", cfg.scheduler, optimizer, step=True)
 
 
 def check_milestones(node: DictConfig, key: str) -> None:
@@ -351,20 +234,6 @@ def check_milestones(node: DictConfig, key: str) -> None:
             _check(
                 ok, f"{key}.milestones must be a list of increasing epochs >= 1, e.g. [80,140], got {value!r}"
             )
-
-
-def _build(key: str, node: DictConfig, argument, step: bool = False):
-    """instantiate(node)(argument), with whatever the constructor rejects as one line naming the group;
-    ``step``: also one step of it, as a scheduler computes its lr (T_max=abc fails only there)."""
-    try:
-        built = instantiate(node)(argument)
-        if step:
-            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": a dummy, on purpose
-                warnings.simplefilter("ignore")
-                built.step()
-        return built
-    except Exception as err:  # noqa: BLE001 - TypeError, ValueError, Hydra's wrappers: all the user's input
-        raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
 
 
 def validate_data(cfg: DictConfig) -> None:
@@ -388,7 +257,7 @@ def validate_model(cfg: DictConfig) -> None:
     )
     knobs = {"channels_last", "compile", "compile_mode"}  # build_model's, not the architecture's
     sizes = {k: cfg.model[k] for k in cfg.model if k not in HYDRA_KEYS | {"name"} | knobs}
-    _check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
+    check_keys(MODELS[cfg.model.name], sizes, "model", skip={"act", "in_shape", "num_classes"})
     for name, value in sizes.items():  # widths, depths, channels: a layer of -3 units is no model
         values = list(value) if isinstance(value, ListConfig) else [value]
         ok = all(_is_int(v) and v >= 1 or v == "M" for v in values)  # "M": VGG's max-pool marker
@@ -403,68 +272,6 @@ def validate_model(cfg: DictConfig) -> None:
         _check(isinstance(value, bool), f"model.{knob} must be true or false, got {value!r}")
     mode = cfg.model.get("compile_mode", "default")
     _check(mode in COMPILE_MODES, f"model.compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
-
-
-def check_arguments(node: DictConfig, key: str, strict: bool = False) -> None:
-    """Every key of a `_target_` node is an argument of its target (Hydra would fail later, in many lines);
-    `strict`: also when the target takes **kwargs (QuantReLU passes them to an STE built elsewhere)."""
-    try:
-        target = get_object(node._target_)
-    except Exception as err:  # noqa: BLE001 - an unimportable target is the user's typo too
-        raise ConfigError(f"{key}._target_: cannot import {node._target_!r} ({type(err).__name__})") from None
-    _check_keys(target, {k: node[k] for k in node if k not in HYDRA_KEYS}, key, strict=strict)
-
-
-def _check_keys(target, values: dict, key: str, skip=frozenset(), strict: bool = False) -> None:
-    """No unknown keys (unless the target takes **kwargs and not `strict`); a numeric argument gets a number."""
-    params = inspect.signature(target).parameters
-    named = {name: p for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    unknown = sorted(set(values) - set(named))
-    if unknown and (strict or len(named) == len(params)):
-        valid = [name for name in named if name not in skip]
-        listed = (
-            ", ".join(valid) if len(valid) <= 16 else f"see {getattr(target, '__name__', target)}'s arguments"
-        )
-        raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; valid: {listed}")
-    for name, value in values.items():
-        default = named[name].default if name in named else None
-        # `data.augment=maybe` would be truthy: a boolean argument takes true or false
-        if isinstance(default, bool) and value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{key}.{name} must be true or false, got {value!r}")
-        # a string where the default is a number: `scheduler.gamma=abc` would fail only at the first step
-        if (
-            isinstance(default, int | float)
-            and not isinstance(default, bool)
-            and isinstance(value, str | bool)
-            and "str" not in str(named[name].annotation)  # e.g. QuantReLU's alpha: a number or "lloyd"
-        ):
-            raise ConfigError(f"{key}.{name} must be a number like its default {default}, got {value!r}")
-
-
-def checkpoint_file(path: str) -> Path:
-    """The checkpoint file `path` names: the file itself, or a run directory's checkpoints/last.ckpt."""
-    path = Path(path).expanduser()
-    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-
-
-def check_checkpoint(path: str, key: str) -> dict:
-    """Load a checkpoint (weights_only=True: Lightning's own load as tensors and plain containers) and return
-    it; a missing, truncated or foreign file, or one without a state_dict, is a one-line ConfigError."""
-    file = checkpoint_file(path)
-    if Path(path).is_dir():
-        _check(file.is_file(), f"{key}: {path} is a directory without checkpoints/last.ckpt")
-    _check(file.is_file(), f"{key}: no checkpoint file at {path}")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        # torch says "Invalid argument" for a truncated archive: name the likely cause instead
-        reason = "truncated, or not a torch.save file" if not zipfile.is_zipfile(file) else str(err)
-        raise ConfigError(f"{key}: {file} is not a readable checkpoint ({reason.splitlines()[0]})") from None
-    _check(
-        isinstance(state, dict) and isinstance(state.get("state_dict"), dict),
-        f"{key}: {file} holds no state_dict (not a checkpoint of this project's runs)",
-    )
-    return state
 
 
 def validate_activation(cfg: DictConfig) -> None:

@@ -17,9 +17,11 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import ConfigError, check_checkpoint, checkpoint_file, construct, validate_data
+from src.config import ConfigError, validate_data
 from src.module import STEModule
+from src.resume import check_checkpoint, checkpoint_file
 from src.rundir import SaveError, atomic_write, finite
+from src.targets import construct
 
 
 def load_run(path: str | Path, overrides: list[str] = ()) -> tuple[STEModule, DictConfig]:
@@ -106,13 +108,20 @@ def evaluate(path: str | Path, overrides: list[str] = (), accelerator: str = "au
     }
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def run_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a tool that reads a saved run (load_run): its path and key=value overrides."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
     parser.add_argument(
         "overrides", nargs="*", help="key=value changes to the saved config, e.g. data.root=data"
     )
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = run_parser("python -m src.evaluate", __doc__)
     parser.add_argument(
         "--out", type=Path, help="JSON file for the result (default <run dir>/evaluation.json)"
     )

@@ -7,22 +7,17 @@ run's validation set (docs/deploy.md). Bad input: one line, exit 2; parity below
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from src.deploy.exporter import ParityError, export
 from src.deploy.plan import ExportError
 from src.errors import ConfigError
+from src.evaluate import run_parser
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("path", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value changes to the saved config, e.g. data.root=data"
-    )
+    parser = run_parser("python -m src.export", __doc__)
     parser.add_argument(
         "--out", type=Path, required=True, help="output directory (replaced only when complete)"
     )

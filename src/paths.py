@@ -4,3 +4,4 @@ the pipeline's supervisor) find them without importing torch."""
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"  # the training config tree (Hydra's search path); the tools' own configs: conf_tools/

@@ -1,7 +1,9 @@
 """Train one run: ``python -m src.train ste=relu quant.bits=4``; sweep with ``-m ste=identity,relu quant.bits=2,4``.
 
 Every run directory holds config.yaml (resolved), provenance.json, metrics.csv, checkpoints/ and summary.json
-(src/rundir.py). A run cut off by a kill resumes in place: ``resume=<run dir>``, or the same sweep command again.
+(src/rundir.py). A run cut off by a kill resumes in place: ``resume=<run dir>``, or the same sweep command again;
+a finished one trains longer with ``resume=<run dir> trainer.max_epochs=<more>`` (src/resume.py). Slightly over 300
+lines: the run's builds, its files and Hydra's entry stay together so a whole run reads in one place.
 """
 
 from __future__ import annotations
@@ -31,28 +33,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from src.config import (
-    ConfigError,
-    check_checkpoint,
-    checkpoint_file,
-    first_difference,
-    register_resolvers,
-    validate,
-    validate_job,
-)
-from src.module import STEModule
+from src.config import ConfigError, check_checkpoint, validate, validate_job
+from src.module import STEModule, build_from_config
+from src.naming import register_resolvers
 from src.provenance import provenance
 from src.quant.weights import weight_token
+from src.resume import resume_checkpoint
 from src.rundir import SaveError, atomic_write, finite
-from src.runs import DONE, RunFileError, failed_runs, flatten, read_json, write_provenance
+from src.runs import RunFileError, failed_runs, flatten, write_provenance
 from src.runs import write_summary as write_record
 from src.runs.job import names, record_failure, run_config
 
 register_resolvers()
 log = logging.getLogger(__name__)
-# What resume must match; the keys a user types come before the groups that copy them (quant.ste is ${ste},
-# data.seed ${seed}), so a mismatch is named by the key that was typed.
-IDENTITY = ("seed", "ste", "model", "wquant", "tag", "init", "quant", "data", "optimizer", "scheduler")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -86,21 +79,15 @@ def build(cfg: DictConfig) -> tuple[Path, str | None, pl.LightningDataModule, ST
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # a missing or corrupt dataset fails here, before anything is built
-    act = instantiate(cfg.quant)
-    model = instantiate(
-        cfg.model,
-        act=act,
-        wquant=instantiate(cfg.wquant),
-        in_shape=datamodule.input_shape,
-        num_classes=datamodule.num_classes,
-    )
+    config = run_config(cfg)  # the model is built from it as a checkpoint's is rebuilt: one home (src.module)
+    model, optimizer, scheduler = build_from_config(config, datamodule.input_shape, datamodule.num_classes)
     check_input(model, datamodule.input_shape, cfg.model.name)
     module = STEModule(
         model,
-        instantiate(cfg.optimizer),
-        instantiate(cfg.scheduler),
+        optimizer,
+        scheduler,
         datamodule.num_classes,
-        config=run_config(cfg),
+        config=config,
         in_shape=tuple(datamodule.input_shape),
         max_loss=float(cfg.divergence.max_loss),
     )
@@ -126,39 +113,6 @@ def take_share(share: DictConfig) -> None:
         torch.set_num_threads(share.threads)
     if share.gpu_memory_fraction and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(share.gpu_memory_fraction)
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint to continue from: ``resume`` (a run dir or a .ckpt), else this run dir's own last.ckpt
-    when an earlier start of the same run was cut off; None for a fresh run. The config must match the run's."""
-    summary = read_json(run_dir / "summary.json")
-    if summary.get("status", "finished" if summary else None) in DONE:
-        raise ConfigError(f"{run_dir} already holds a {summary.get('status', 'finished')} run (summary.json)")
-    path = checkpoint_file(cfg.resume or str(run_dir))
-    if not path.is_file():
-        if cfg.resume:
-            raise ConfigError(f"resume: no checkpoint at {path}")
-        return None
-    new = OmegaConf.create(run_config(cfg))
-    saved = run_dir / "config.yaml"
-    # the run dir's config.yaml, then the checkpoint's own (a checkpoint copied in from another run)
-    for where, old in (
-        (saved, OmegaConf.load(saved) if saved.is_file() else None),
-        (
-            path,
-            OmegaConf.create(
-                check_checkpoint(str(path), "resume").get("hyper_parameters", {}).get("config", {})
-            ),
-        ),
-    ):
-        found = first_difference(old, new, IDENTITY) if old else None
-        if found:
-            key, was, now = found
-            raise ConfigError(
-                f"resume: {where} was trained with {key}={was!r}, this run has {key}={now!r}; "
-                "repeat that run's overrides"
-            )
-    return str(path)
 
 
 def record_start(cfg: DictConfig, run_dir: Path, resumed: bool) -> None:

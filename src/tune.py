@@ -1,7 +1,7 @@
 """Tune one run's optimizer: ``python -m src.tune --out DIR [--trials N] [--sampler-seed S] <src.train overrides>``.
 
-Optuna's TPE sampler searches the ranges of conf/hparams_search/<space>.yaml, seeded per study: the base seed plus
-a stable hash of the model, STE and bits (``study_seed``), so each STE's study draws its own random start-up points.
+Optuna's TPE sampler searches the ranges of conf_tools/hparams_search/<space>.yaml, seeded per study: the base
+seed plus a stable hash of the model, STE and bits (``study_seed``), so each STE's study draws its own random start-up points.
 Trial 0 of every study is the run config's own values (the paper's lr and weight decay). Each trial is one ordinary
 run, the config ``python -m src.train <overrides>`` composes plus the trial's values, trained by src.train.train
 in <out>/trial<N>_<run_name>/ with the usual run files; its objective is that run's best validation top-1
@@ -17,6 +17,9 @@ after every trial.
 Why not the hydra-optuna-sweeper plugin: it pins optuna<3 (2.10.1), whose SQLite storage fails under SQLAlchemy 2
 (an AssertionError in create_study), so its studies live in memory and a killed sweep starts over; and a sweeper
 cannot retrain the winner on the full training set. Its in-memory sweep does run with numpy 2 on Python 3.11.
+
+The pruning callback is src/pruning.py, the choice of the winner src/selection.py; what stays here (the study,
+its trials' configs, tuning.json) is one loop, a little over 300 lines with this docstring.
 """
 
 from __future__ import annotations
@@ -24,45 +27,37 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 import sys
 import traceback
 from pathlib import Path
 
 import optuna
-import pytorch_lightning as pl
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 from optuna.distributions import FloatDistribution
 from optuna.pruners import MedianPruner
 from optuna.trial import TrialState
 
+from src.compose import compose_run
 from src.config import ConfigError, validate
 from src.lock import pipeline_lock
 from src.paths import REPO
+from src.pruning import PRUNED, STUDY, mark_pruned
 from src.rundir import SaveError
-from src.runs import DONE, read_json, write_json
+from src.runs import DONE, read_json
 from src.runs import write_tuning as save_tuning
 from src.runs.job import record_failure
+from src.selection import select
 from src.train import train
 
-SPACES = REPO / "conf" / "hparams_search"
-STUDY = "tune"  # the study's name inside study.db
+SPACES = REPO / "conf_tools" / "hparams_search"  # outside conf/: not a training group
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # count towards n_trials
-PRUNED = "pruned"  # summary.json status of a trial run the pruner stopped (not run again, like DONE)
-RULE = (
-    "SE = sqrt(p(1-p)/n) of the best trial's holdout top-1 p on n holdout examples; every finished trial within "
-    "one SE of the best ties; the tie goes to the trial nearest the default (Euclidean distance in log10 of each "
-    "log-scaled key, in units of its range otherwise), then the higher score"
-)
 log = logging.getLogger(__name__)
 
 
 def load_space(name: str) -> dict:
-    """conf/hparams_search/<name>.yaml as a dict; an unknown name is a one-line error listing the valid ones."""
+    """conf_tools/hparams_search/<name>.yaml as a dict; an unknown name is a one-line error listing the valid ones."""
     path = SPACES / f"{name}.yaml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml")))
@@ -70,26 +65,12 @@ def load_space(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
-def compose_run(overrides: list[str], run_dir: Path, number: int = 0) -> DictConfig:
-    """The config ``python -m src.train <overrides>`` gets, as job ``number`` writing to run_dir."""
-    try:
-        with initialize_config_dir(str(REPO / "conf"), version_base="1.3", job_name="tune"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    except HydraException as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
-    with open_dict(cfg):
-        cfg.hydra.job.num = number
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} (run_name, output dir) resolve against this job
-    return cfg
-
-
 def trial_config(out: Path, number: int, overrides: list[str], params: dict, space: dict) -> DictConfig:
     """Trial ``number``'s run config: the overrides plus its values, in <out>/trial<N>_<run_name>/, with the
     study's pruning callback (callbacks are not part of a run's identity)."""
     pruner = ",".join(f"{k}:{v}" for k, v in pruner_args(space).items())
     callback = [
-        "+callbacks.pruning._target_=src.tune.Pruning",
+        "+callbacks.pruning._target_=src.pruning.Pruning",
         f"+callbacks.pruning.storage={storage_url(out)}",
         f"+callbacks.pruning.number={number}",
         f"+callbacks.pruning.pruner={{{pruner}}}",
@@ -138,7 +119,7 @@ def defaults(cfg: DictConfig, space: dict) -> dict:
 
 
 def pruner_args(space: dict) -> dict:
-    """MedianPruner's arguments (conf/hparams_search: pruner; Optuna's defaults where absent)."""
+    """MedianPruner's arguments (conf_tools/hparams_search: pruner; Optuna's defaults where absent)."""
     return {"n_startup_trials": 5, "n_warmup_steps": 0} | dict(space.get("pruner") or {})
 
 
@@ -196,48 +177,6 @@ def run_trial(
         study.tell(number, state=TrialState.PRUNED if summary["status"] != "failed" else TrialState.FAIL)
 
 
-def mark_pruned(run_dir: Path, summary: dict, pruned: dict) -> dict:
-    """The trial run's summary.json with status ``pruned`` and why (the epoch and score the pruner stopped at)."""
-    reason = (
-        f"pruned by MedianPruner after epoch {pruned['epoch']}: holdout top-1 {pruned['value']:.2f} % below "
-        "the median of the earlier trials at that epoch"
-    )
-    summary = summary | {"status": PRUNED, "reason": reason}
-    write_json(run_dir / "summary.json", summary)
-    return summary
-
-
-class Pruning(pl.Callback):
-    """Optuna pruning of one trial run: after each epoch's validation it reports the holdout top-1 (``monitor``) to
-    trial ``number`` of the study in ``storage``; when the study's MedianPruner (``pruner``: its arguments) says
-    so, it marks the trial (user attr ``pruned``: epoch and value) and stops the fit. Built from the run's config
-    (trial_config adds it), so src.train needs no Optuna; a kill loses nothing, the study.db has it all."""
-
-    def __init__(self, storage: str, number: int, pruner: dict | None = None, monitor: str = "val/acc"):
-        self.storage, self.number, self.pruner, self.monitor = storage, number, dict(pruner or {}), monitor
-        self._trial: optuna.Trial | None = None
-
-    def trial(self) -> optuna.Trial:
-        """The study's trial ``number``, loaded once, with the study's pruner."""
-        if self._trial is None:
-            study = optuna.load_study(
-                study_name=STUDY, storage=self.storage, pruner=MedianPruner(**self.pruner)
-            )
-            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == self.number)
-            self._trial = optuna.Trial(study, frozen._trial_id)  # ask-and-tell's trial, by its storage id
-        return self._trial
-
-    def on_validation_end(self, trainer, pl_module):
-        value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or trainer.state.fn != "fit" or value is None or not math.isfinite(value):
-            return  # the start point's validation (before fit) is no epoch of training; a diverged run stops itself
-        epoch, trial = trainer.current_epoch + 1, self.trial()
-        trial.report(float(value), epoch)
-        if trial.should_prune():
-            trial.set_user_attr(PRUNED, {"epoch": epoch, "value": float(value)})
-            trainer.should_stop = True
-
-
 def tune(out: Path, overrides: list[str], space: dict) -> dict:
     """Run the study in ``out`` until space['n_trials'] trials have ended; return tuning.json's content."""
     base = compose_run(overrides, out)  # validated and described in tuning.json, never trained
@@ -292,38 +231,6 @@ def write_tuning(out: Path, study: optuna.Study, space: dict, base: DictConfig) 
     }
     save_tuning(out, record)
     return record
-
-
-def select(trials: list[dict], default: dict, ranges: dict) -> dict:
-    """The winner with the holdout's noise in view (``RULE``): best, its SE, the tie set and the chosen trial."""
-    finished = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    if not finished:
-        return {"rule": RULE, "best_trial": None, "best_value": None, "se": None, "ties": [], "chosen": None}
-    best = max(finished, key=lambda t: t["value"])  # the earliest among equal scores
-    n, p = best.get("val_examples"), best["value"] / 100
-    se = 100 * math.sqrt(p * (1 - p) / n) if n else 0.0  # percentage points
-    ties = [t for t in finished if t["value"] >= best["value"] - se - 1e-9]
-    far = {t["number"]: distance(t["params"], default, ranges) for t in ties}
-    chosen = min(ties, key=lambda t: (far[t["number"]], -t["value"], t["number"]))
-    return {
-        "rule": RULE,
-        "best_trial": best["number"],
-        "best_value": best["value"],
-        "n_holdout": n,
-        "se": se,
-        "ties": [t["number"] for t in ties],
-        "distance": {str(k): d for k, d in far.items()},  # from the default, of each tied trial
-        "chosen": chosen["number"],
-    }
-
-
-def distance(params: dict, default: dict, ranges: dict) -> float:
-    """‖params − default‖: in log10 for a log-scaled key, in units of the range otherwise."""
-    total = 0.0
-    for key, r in ranges.items():
-        x, d = params[key], default[key]
-        total += math.log10(x / d) ** 2 if r["log"] else ((x - d) / (r["high"] - r["low"])) ** 2
-    return math.sqrt(total)
 
 
 def trial_record(out: Path, trial: optuna.trial.FrozenTrial, run_name: str) -> dict:
@@ -396,7 +303,7 @@ def parse_args(argv):
     parser.add_argument("--trials", type=int, help="trials in all (default: the space's n_trials)")
     parser.add_argument("--sampler-seed", type=int, help="TPE's seed (default: the space's sampler_seed)")
     parser.add_argument(
-        "--space", default="lr_wd", help="conf/hparams_search/<space>.yaml: the ranges searched"
+        "--space", default="lr_wd", help="conf_tools/hparams_search/<space>.yaml: the ranges searched"
     )
     parser.add_argument(
         "overrides", nargs="*", help="src.train overrides, e.g. experiment=lenet5_mnist data.holdout=5000"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from src.config import register_resolvers
+from src.compose import compose_run
+from src.naming import register_resolvers
 from src.runs import write_summary
-from tests.conftest import REPO
 from tests.datafiles import write_cifar10, write_mnist
 
 register_resolvers()
@@ -52,13 +50,7 @@ def data_overrides(model: str, root: Path) -> list[str]:
 
 def make_cfg(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The composed config with Hydra's runtime set, so ${hydra:...} resolves and train(cfg) runs as a job."""
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_run(overrides, run_dir)
 
 
 def fast_cfg(tmp_path: Path, model: str = "tiny", *overrides: str, run: str = "run") -> DictConfig:

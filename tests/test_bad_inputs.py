@@ -18,7 +18,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from src.config import ConfigError, check_checkpoint, validate
+from src.config import ConfigError, validate
+from src.resume import check_checkpoint
 from src.train import train
 from tests.conftest import REPO
 from tests.runs import FAST, data_overrides, fake_data, fast_cfg

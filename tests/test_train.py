@@ -24,11 +24,7 @@ from src.train import build_callbacks, train
 from tests.conftest import REPO
 from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
 
-GROUPS = {  # conf/pipeline holds make reproduce profiles, conf/hparams_search src.tune's ranges: not training groups
-    p.name: sorted(f.stem for f in p.glob("*.yaml"))
-    for p in (REPO / "conf").iterdir()
-    if p.is_dir() and p.name not in ("pipeline", "hparams_search")
-}
+GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (REPO / "conf").iterdir() if p.is_dir()}
 PAPER_STES = ["identity", "relu", "clipped_relu"]
 MODELS = ["lenet5", "vgg11", "resnet20", "tiny", "two_layer"]
 
@@ -46,16 +42,21 @@ def epoch_values(rows: list[dict], key: str) -> list[float]:
 
 
 def test_config_groups_are_the_documented_ones():
-    assert set(GROUPS) >= {
+    """--help lists conf/'s folders as groups: exactly the training ones (profiles and search spaces are in
+    conf_tools/, where src.reproduce and src.tune read them)."""
+    assert set(GROUPS) == {
         "model",
         "data",
         "ste",
         "quant",
+        "wquant",
         "optimizer",
         "scheduler",
         "trainer",
         "logger",
+    } | {
         "experiment",
+        "hydra",
     }
     assert set(GROUPS["model"]) == {"lenet5", "vgg11", "resnet20", "resnet18", "two_layer", "tiny"}
     assert set(GROUPS["trainer"]) == {"default", "cpu", "gpu", "ddp"}
@@ -154,7 +155,7 @@ def test_run_dir_holds_config_provenance_and_metrics(tmp_path):
 
 
 def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
-    """With the bar on, conf's TQDMProgressBar (refresh_rate from the config) is the trainer's bar and shows the
+    """With the bar on, conf's bar (src.progress.EpochBar, refresh_rate from the config) is the trainer's bar and shows the
     train loss, logged only on the steps it redraws; with the bar off, no bar callback reaches the trainer."""
     cfg = fast_cfg(
         tmp_path, "tiny", "trainer.enable_progress_bar=true", "callbacks.progress_bar.refresh_rate=1"
@@ -165,6 +166,7 @@ def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
         def on_train_epoch_end(self, trainer, module):
             shown["rate"] = trainer.progress_bar_callback.refresh_rate
             shown["bar"] = dict(trainer.progress_bar_metrics)
+            shown["epoch"] = trainer.progress_bar_callback.train_progress_bar.desc
 
     callbacks = [*build_callbacks(cfg), Peek()]
     Path(cfg.paths.output_dir).mkdir(parents=True)  # train() makes it; here the trainer runs alone
@@ -173,6 +175,7 @@ def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
     model = instantiate(cfg.model, act=instantiate(cfg.quant), in_shape=datamodule.input_shape)
     trainer.fit(STEModule(model, instantiate(cfg.optimizer)), datamodule=datamodule)
     assert shown["rate"] == 1 and math.isfinite(shown["bar"]["loss"])
+    assert shown["epoch"].startswith("Epoch 1/1")  # as the log line says it: "epoch 1/1", counted from 1
     off = fast_cfg(tmp_path, "tiny", run="off")  # FAST: enable_progress_bar=false
     assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in build_callbacks(off))
 
@@ -265,6 +268,22 @@ def test_resume_continues_the_run(tmp_path):
     assert summary["epochs"] == 2
     rows = read_csv(Path(second.paths.output_dir) / "metrics.csv")
     assert [float(r["epoch"]) for r in rows if r["train/loss"]] == [2.0]  # only the missing 2nd epoch ran
+
+
+def test_a_finished_run_is_extended_in_its_own_dir_only_to_more_epochs(tmp_path):
+    """resume=<finished run dir> trainer.max_epochs=<more>: the same dir trains on, metrics.csv gains the new
+    epochs' rows, provenance.json a start; as many epochs as it ran is refused in one line, nothing written."""
+    first = fast_cfg(tmp_path, "tiny", run="run")
+    train(first)
+    run = Path(first.paths.output_dir)
+    same = fast_cfg(tmp_path, "tiny", f"resume={run}", run="run")
+    with pytest.raises(ConfigError, match=rf"^resume: {run} finished its 1 epochs; to train it longer set trainer"
+                       r"\.max_epochs above 1 \(got 1\)$"):  # fmt: skip
+        train(same)
+    summary = train(fast_cfg(tmp_path, "tiny", f"resume={run}", "trainer.max_epochs=3", run="run"))
+    assert summary["status"] == "finished" and summary["epochs"] == 3 and summary["max_epochs"] == 3
+    assert [float(r["epoch"]) for r in read_csv(run / "metrics.csv")] == [0.0, 1.0, 2.0, 3.0]
+    assert len(json.loads((run / "provenance.json").read_text())["starts"]) == 2
 
 
 def test_init_from_full_precision_checkpoint(tmp_path):

@@ -16,15 +16,18 @@ import yaml
 
 import src.data.images as images
 import src.tune
+from src.compose import compose_run
 from src.config import ConfigError, validate
 from src.data.files import DataError
 from src.data.images import MNISTDataModule
+from src.pruning import Pruning
 from src.reproduce import jobs
 from src.reproduce.profile import load_profile
 from src.reproduce.stages import Pipeline
 from src.runs import read_json, write_summary, write_tuning
-from src.train import run_config
-from src.tune import Pruning, compose_run, open_study, select, storage_url, tune
+from src.runs.job import run_config
+from src.selection import select
+from src.tune import open_study, storage_url, tune
 from tests.conftest import REPO
 from tests.datafiles import write_mnist
 from tests.runs import FAST, data_overrides, fast_cfg, make_cfg

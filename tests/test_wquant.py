@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.config import ConfigError, run_name, validate
+from src.config import ConfigError, validate
 from src.models import build_model
 from src.module import STEModule
+from src.naming import run_name
 from src.quant import WQUANTS, WSTES, QuantReLU, lloyd_alpha, quantize_weights, weight_quantizer
 from src.quant.weights import QuantConv2d, QuantLinear
 from src.reproduce.jobs import find

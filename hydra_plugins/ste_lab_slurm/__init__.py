@@ -18,6 +18,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as StockSlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
+from src.runs.job import record_failure
 from src.slurm import check_cluster, link_log, watch_without_sacct
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,5 @@ class SlurmLauncher(StockSlurmLauncher):
             cfg.hydra.job.num = num
         HydraConfig.instance().set_config(cfg)  # the run name resolves ${hydra:...}
         run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
-        from src.train import record_failure
-
         record_failure(cfg, run_dir, message)
         return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=None)

@@ -15,7 +15,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.config import checkpoint_file
 from src.data.batches import normalise
 from src.data.files import DataError
 from src.deploy import intform
@@ -26,6 +25,7 @@ from src.deploy.report import markdown
 from src.evaluate import load_run
 from src.module import STEModule
 from src.provenance import provenance
+from src.resume import checkpoint_file
 
 EXPORTABLE = ("lenet5", "vgg11", "resnet20", "resnet", "tiny")  # the src/models.py layouts plan_model reads
 BAD_STATUS = ("diverged", "failed")  # summary.json statuses of runs whose weights are not a trained model

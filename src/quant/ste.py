@@ -11,6 +11,8 @@ is a function of the level index k (below) declares ``needs = "level"`` and writ
 the quantizer then keeps one byte per element for backward instead of the four of a float32 x. An STE whose
 hyper-parameter moves during training (annealing) overrides ``set_epoch``; ``set_epoch(model, epoch, max_epochs)``
 calls it on every STE of a model at each train epoch's start.
+
+Over 300 lines on purpose: every STE lives here, in one registry (STYLE: one home per concept), each class short.
 """
 
 from __future__ import annotations

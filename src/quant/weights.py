@@ -9,6 +9,8 @@ q(w) stops following w). Scales are per output channel (dim 0 of a Conv2d or Lin
 The quantized layers subclass nn.Conv2d / nn.Linear and only change the weight used in forward, so state-dict keys
 stay those of the float model: an FP checkpoint loads into a weight-quantized model and back. A learned step adds
 one key, ``<layer>.weight_step``; when a state dict lacks it, it starts from the loaded weights (LSQ's init).
+
+Over 300 lines on purpose: the weight side is one concept (quantizers, their STEs, the layers) with one registry each.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--profile", default="smoke", help="conf/pipeline/<profile>.yaml: " + ", ".join(profile.names())
+        "--profile", default="smoke", help="conf_tools/pipeline/<profile>.yaml: " + ", ".join(profile.names())
     )
     parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: the profile's)")
     parser.add_argument("--launcher", help="Hydra launcher for the sweeps, e.g. joblib or submitit_slurm")

@@ -1,4 +1,4 @@
-"""Pipeline profiles: conf/pipeline/<name>.yaml, each merged onto the ``base`` profile it names."""
+"""Pipeline profiles: conf_tools/pipeline/<name>.yaml, each merged onto the ``base`` profile it names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from src.paths import REPO
 
-PROFILES = REPO / "conf" / "pipeline"
+PROFILES = REPO / "conf_tools" / "pipeline"  # outside conf/: not a training group
 
 
 def names() -> list[str]:
@@ -15,7 +15,7 @@ def names() -> list[str]:
 
 
 def load_profile(name: str) -> dict:
-    """conf/pipeline/<name>.yaml merged onto its ``base`` profile (lists are replaced, not appended)."""
+    """conf_tools/pipeline/<name>.yaml merged onto its ``base`` profile (lists are replaced, not appended)."""
     path = PROFILES / f"{name}.yaml"
     if not path.is_file():
         raise SystemExit(f"error: unknown profile {name!r}; valid profiles: {', '.join(names())}")
