@@ -14,9 +14,8 @@ weights src.diagnostics compares STEs on; a model without any, two_layer, by par
 in one pass over the data (the two-layer model's Gaussian data are drawn fresh on each pass), accumulated in
 float64, in eval mode: BN normalises with its running statistics and α is the run's (fixed or learned). Per
 variant: each layer's norm and the total, and the total's sampling noise ‖SE(ḡ)‖ (from the spread of the batch
-gradients: a ‖ḡ‖ within a few ‖SE‖ is zero up to sampling error); between variants: the cosine overall and per
-layer. Writes
-gradients.json and gradients.md to --out (default: the run dir). Key=value overrides change the saved config as in
+gradients: E‖ḡ‖² = ‖E g‖² + ‖SE‖², so pure noise gives ‖ḡ‖ ≈ ‖SE‖ and √(‖ḡ‖² − ‖SE‖²) estimates ‖E g‖); between
+variants: the cosine overall and per layer. Writes gradients.json and gradients.md to --out (default: the run dir). Key=value overrides change the saved config as in
 src.evaluate (``data.root=/elsewhere``; ``data.batch_size=1000`` is faster and changes nothing but rounding).
 """
 
@@ -157,7 +156,7 @@ def gradients_at(path, overrides=(), stes=PAPER_STES, subset: int | None = None,
         "overrides": [*overrides, *extra],
         "variants": list(grads),
         "layers": list(next(iter(grads.values()))),
-        "noise": noise,  # ‖SE(ḡ)‖ per variant: ‖ḡ‖ near it is zero within sampling error
+        "noise": noise,  # ‖SE(ḡ)‖ per variant: pure noise gives ‖ḡ‖ ≈ ‖SE‖
     } | summarise(grads)
 
 

@@ -59,11 +59,8 @@ def test_plateau_rule_and_gradient_table_at_the_figure_2_minima(tmp_path):
     (row,) = md_table(text, GRAD_HEADING)  # only clipped_relu's minimum has gradients.json
     assert row["start of"] == "from_clipped_relu" and row["minimum's STE"] == "clipped_relu"
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)" and row["‖ḡ‖ float ReLU"] == "0.3 (SE 0.01)"
-    # identity / own = 25; own 0.002 / 0.001 = 2 SE: zero within sampling error; identity 25 SE: not zero
-    assert row["reading"] == (
-        "‖ḡ_identity‖ = 25.00 × ‖ḡ_clipped_relu‖; clipped_relu: ‖ḡ‖/‖SE‖ = 2.0 (zero within sampling error); "
-        "identity: ‖ḡ‖/‖SE‖ = 25.0 (not zero)"
-    )
+    # ‖E g‖ ≈ √(‖ḡ‖² − ‖SE‖²): clipped_relu √(0.002² − 0.001²) = 0.00173, identity √(0.05² − 0.002²) = 0.04996
+    assert row["reading"] == "‖E g‖ ≈ clipped_relu 0.00173, identity 0.05 (identity 28.8× clipped_relu)"
 
 
 def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
