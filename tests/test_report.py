@@ -746,13 +746,22 @@ def test_tuned_table_takes_the_studys_best_and_both_schedules_accuracy(tune_root
 @pytest.mark.parametrize(
     "tuned_clipped, answer",
     [
-        ((98.2, 98.3, 98.5), "**yes**: relu vs clipped_relu (clipped_relu > relu → unresolved)."),
+        (
+            (98.2, 98.3, 98.5),
+            "**partly**: no ordering reverses; resolved in one arm only: relu vs clipped_relu "
+            "(clipped_relu > relu → unresolved).",
+        ),
+        (
+            (96.9, 97.5, 97.2),
+            "**yes, reversed**: relu vs clipped_relu (clipped_relu > relu → relu > clipped_relu).",
+        ),
         ((99.0, 99.5, 99.3), "**no**: every pair of STEs is ordered the same way in both arms"),
     ],
 )
 def test_ranking_answer_compares_paired_cis_of_both_arms(tmp_path: Path, tuned_clipped, answer):
     """Schedule: clipped_relu − relu = (1.0, 0.8, 0.9) over seeds 0–2, 0.90 ± 4.303·0.1/√3 = ±0.25: resolved.
-    Tuned: (0.1, −0.3, 0.2) contains 0 (yes, the ordering is lost), or (0.9, 0.9, 1.0) keeps it (no)."""
+    Tuned relu (98.1, 98.6, 98.3): clipped_relu − relu = (0.1, −0.3, 0.2) contains 0 (partly: the ordering is
+    lost), (−1.2, −1.1, −1.1) reverses it (yes), (0.9, 0.9, 1.0) keeps it (no)."""
     root = tmp_path / "runs"
     arms = {"table1": ({"relu": (97.0, 97.4, 97.2), "clipped_relu": (98.0, 98.2, 98.1)}, {}),
             "tuned": ({"relu": (98.1, 98.6, 98.3), "clipped_relu": tuned_clipped}, {"tag": "tuned"})}  # fmt: skip

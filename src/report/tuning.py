@@ -235,7 +235,7 @@ def resolved(a: Group, b: Group) -> str:
 def ranking(paper: pd.DataFrame, tuned: pd.DataFrame, wheres: list[tuple]) -> str:
     """'Does tuning change the ranking of the STEs?': per (data, model, bits), every pair of STEs ordered in each
     arm with its 95 % CI (src.report.compare: paired over shared seeds, else Welch), and the answer: yes when a
-    pair's resolved ordering differs between the arms (a flip, or resolved in one arm only)."""
+    pair's ordering reverses between the arms, partly when a pair is resolved in one arm only, no otherwise."""
     parts = []
     for where in wheres:
         arms = {"paper schedule": arm_groups(paper, where), "tuned": arm_groups(tuned, where)}
@@ -254,8 +254,13 @@ def ranking(paper: pd.DataFrame, tuned: pd.DataFrame, wheres: list[tuple]) -> st
             if resolved(by_ste[0][a], by_ste[0][b]) != resolved(by_ste[1][a], by_ste[1][b])
         ]
         seeds = sorted({r["seed"] for groups in arms.values() for g in groups for r in g.runs}, key=str)
+        reversed_ = [
+            c for c in changed if "unresolved" not in c
+        ]  # a > b under one arm, b > a under the other
         answer = (
-            f"**yes**: {'; '.join(changed)}"
+            f"**yes, reversed**: {'; '.join(reversed_)}"
+            if reversed_
+            else f"**partly**: no ordering reverses; resolved in one arm only: {'; '.join(changed)}"
             if changed
             else "**no**: every pair of STEs is ordered the same way in both arms (or unresolved in both)"
         )
