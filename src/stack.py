@@ -66,7 +66,7 @@ class StackedModels(nn.Module):
         for k, model in enumerate(models):
             for name, p in model.named_parameters():
                 p.data = getattr(self, _key(name)).data[k]
-            for name, b in model.named_buffers():
+            for name in [n for n, _ in model.named_buffers()]:  # a list: the loop replaces buffers
                 owner, _, leaf = name.rpartition(".")
                 model.get_submodule(owner)._buffers[leaf] = getattr(self, _key(name))[k]
 
