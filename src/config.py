@@ -25,7 +25,6 @@ from src.quant.weights import weight_quantizer
 from src.resume import (
     check_checkpoint,
     check_resume_target,
-    checkpoint_file,  # noqa: F401 - src.gradients still imports it from here
 )
 from src.targets import HYDRA_KEYS, build_partial, check_arguments, check_keys, config_error, construct
 

@@ -21,7 +21,6 @@ src.evaluate (``data.root=/elsewhere``; ``data.batch_size=1000`` is faster and c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -35,12 +34,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.config import ConfigError, checkpoint_file
-from src.data.files import DataError
 from src.diagnostics import cosine, quantized_layers, swapped_ste, used_alpha, weight_grads, weight_params
-from src.evaluate import load_run, run_dir
+from src.errors import ConfigError, DataError
+from src.evaluate import load_run, run_dir, run_parser
 from src.probe import eval_mode, float_relu
 from src.quant import STES
+from src.resume import checkpoint_file
 from src.rundir import atomic_write, finite
 
 PAPER_STES = ("identity", "relu", "clipped_relu")
@@ -199,12 +198,7 @@ def markdown(record: dict, command: str) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.gradients", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("path", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value changes to the saved config, e.g. data.root=data"
-    )
+    parser = run_parser("python -m src.gradients", __doc__)
     parser.add_argument(
         "--stes", default=",".join(PAPER_STES), help="registry STEs to compare (comma-separated)"
     )
