@@ -43,6 +43,7 @@ from src.rundir import SaveError, atomic_write, finite
 from src.runs import RunFileError, failed_runs, flatten, write_provenance
 from src.runs import write_summary as write_record
 from src.runs.job import names, record_failure, run_config
+from src.stacked.options import check_max_stack
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -295,8 +296,6 @@ class RunChecks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if "max_stack" in config.hydra.launcher:  # hydra/launcher=stacked: checked before the sweep dir
-            from src.stacked.launch import check_max_stack
-
             check_max_stack(config.hydra.launcher.max_stack)
         make_dir(config.hydra.sweep.dir)
         self.start = time.time()

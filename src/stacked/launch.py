@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,22 +23,17 @@ from omegaconf import DictConfig, open_dict, read_write
 from src.config import ConfigError
 from src.rundir import SaveError
 from src.runs import DONE, RunFileError, read_json
+from src.runs.job import record_failure
 from src.stacked.fit import Slice
 from src.stacked.group import device_and_precision, train_built
+from src.stacked.options import check_max_stack
 from src.stacked.plan import plan, use
 from src.stacked.probe import StackTooBig, speedup
 from src.stacked.ste import add_bounds, stack_base
-from src.train import build, record_failure
+from src.train import build
 
 log = logging.getLogger(__name__)
 ONE_BY_ONE = "one by one"
-
-
-def check_max_stack(max_stack) -> int:
-    """max_stack as an int >= 1, else one line and exit (before anything is written)."""
-    if isinstance(max_stack, bool) or not isinstance(max_stack, int) or max_stack < 1:
-        sys.exit(f"error: hydra.launcher.max_stack must be an integer >= 1, got {max_stack!r}")
-    return max_stack
 
 
 class StackedSweep:

@@ -15,8 +15,8 @@ import math
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.runs.job import run_config
 from src.stacked.ste import BOUNDS
-from src.train import run_config
 
 # the keys a slice keeps its own (dotted paths in the resolved run config); everything else must be equal
 PER_SLICE = ("seed", "data.seed", "tag", "tags", "run_name", "paths.output_dir", "init.checkpoint", "resume",
