@@ -7,6 +7,7 @@ them are repeats of one group, one per seed (a repeated seed counts once: its ne
 std, n and a 95 % t-interval over seeds; with one seed, the binomial standard error of the test accuracy instead
 (√(p(1−p)/N), N the validation examples), labelled as such. Pairs of groups that differ in one key are ordered
 with the interval of their difference: paired by seed where they share seeds, else Welch's.
+Over 300 lines on purpose: grouping, the statistics and the orderings a reviewer must trust stay in one file.
 """
 
 from __future__ import annotations

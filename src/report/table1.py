@@ -1,7 +1,8 @@
 """Table 1: the paper's values beside ours (mean ± std over seeds, n shown), the differences, the ordering check.
 
 A cell averages runs that differ in their seed alone: ``protocol_split`` keeps the Table-1 runs that follow
-their row's protocol, and ``cells`` groups them by every other knob (pandas groupby).
+their row's protocol, and ``cells`` groups them by every other knob (pandas groupby). A little over 300 lines: the
+cells and their rendering in the paper's layout are one table, read together.
 """
 
 from __future__ import annotations
