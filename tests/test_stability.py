@@ -61,6 +61,8 @@ def test_plateau_rule_and_gradient_table_at_the_figure_2_minima(tmp_path):
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)" and row["‖ḡ‖ float ReLU"] == "0.3 (SE 0.01)"
     # ‖E g‖ ≈ √(‖ḡ‖² − ‖SE‖²): clipped_relu √(0.002² − 0.001²) = 0.00173, identity √(0.05² − 0.002²) = 0.04996
     assert row["reading"] == "‖E g‖ ≈ clipped_relu 0.00173, identity 0.05 (identity 28.8× clipped_relu)"
+    (own,) = md_table(text, "## Coarse gradients at the minima")  # every minimum with gradients.json, by its name
+    assert own["run"] == "clipped_relu" and own["reading"] == row["reading"]
 
 
 def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
@@ -74,4 +76,5 @@ def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
     text = build_report(first / "runs.csv", tmp_path / "again").read_text()
     (row,) = md_table(text, GRAD_HEADING)
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
+    assert md_table(text, "## Coarse gradients at the minima")[0]["run"] == "clipped_relu"
     assert starts(text)["from_relu"] == "the starting run's curve is not kept (archived runs)"

@@ -15,6 +15,7 @@ from src.report.frame import run_table, write_runs_csv
 from src.report.provenance import provenance_section
 from src.report.runs import Run, curve_problems
 from src.report.sections import figure_section, table1_figures, two_layer_section, verdict_lines
+from src.report.stability import minima_section
 from src.report.table1 import (
     cells,
     paper_split,
@@ -191,6 +192,7 @@ def build_report(roots, out: Path | None = None, profile: str | None = None) -> 
         tuning_section(table, in_table, roots, out),
         figure_section("fig2", runs, out),
         figure_section("fig4", runs, out),
+        minima_section(runs, out),
         diagnostics_section(table, runs, out),
         two_layer_section(runs, roots, out),
         provenance_section(runs, pipeline, profile, problems),

@@ -21,18 +21,23 @@ from src.report.table1 import fmt, md_table
 from src.runs import RunFileError, read_json
 
 
-def gradients_file(run: Run) -> Path | None:
-    """gradients.json at the run's starting point: in the dir of the run whose checkpoint it started from
-    (<run dir>/checkpoints/<file>.ckpt), else the copy an earlier report kept beside its runs.csv."""
+def gradients_file(run: Run, own: bool = False) -> Path | None:
+    """gradients.json of the run's starting point (``own``: of the run itself): in the dir of the run whose
+    checkpoint it started from (<run dir>/checkpoints/<file>.ckpt) or its own dir, else the copy an earlier report
+    kept beside its runs.csv."""
     init, archived = run["init_checkpoint"], run.provenance.get("archived_from")
-    candidates = [Path(init).parent.parent / "gradients.json"] if init and init != "archived" else []
+    if own:
+        candidates = [run.path / "gradients.json"]
+    else:
+        candidates = [Path(init).parent.parent / "gradients.json"] if init and init != "archived" else []
     candidates += [Path(archived).parent / "gradients" / f"{run['run_name']}.json"] if archived else []
     return next((c for c in candidates if c.is_file()), None)
 
 
-def start_gradients(run: Run, out: Path) -> dict | None:
-    """The run's starting-point gradients.json (copied to <out>/gradients/), or None when there is none."""
-    path = gradients_file(run)
+def start_gradients(run: Run, out: Path, own: bool = False) -> dict | None:
+    """The gradients.json of the run's starting point (``own``: of the run), copied to <out>/gradients/<run>.json;
+    None when there is none."""
+    path = gradients_file(run, own)
     if path is None:
         return None
     try:
@@ -79,11 +84,12 @@ def reading(record: dict) -> str:
     return text
 
 
-def gradient_table(labelled: list[tuple[str, Run]], out: Path) -> str:
-    """The coarse-gradient table at each figure run's starting minimum; '' when none has gradients.json."""
+def gradient_table(labelled: list[tuple[str, Run]], out: Path, own: bool = False) -> str:
+    """The coarse-gradient table at each figure run's starting minimum (``own``: at each run itself, labelled by
+    the given label); '' when none has gradients.json."""
     rows, examples = [], set()
     for label, run in labelled:
-        record = start_gradients(run, out)
+        record = start_gradients(run, out, own)
         if record is None:
             continue
         examples.add(f"{record['examples']:,} examples ({record['split']})")
@@ -91,10 +97,11 @@ def gradient_table(labelled: list[tuple[str, Run]], out: Path) -> str:
         rows.append([label, record["ste"], *(norm_text(record, v) for v in variants), reading(record)])
     if not rows:
         return ""
-    header = ["start of", "minimum's STE", "‖ḡ‖ identity", "‖ḡ‖ relu", "‖ḡ‖ clipped_relu", "‖ḡ‖ float ReLU",
+    header = ["run" if own else "start of", "minimum's STE", "‖ḡ‖ identity", "‖ḡ‖ relu", "‖ḡ‖ clipped_relu", "‖ḡ‖ float ReLU",
               "reading"]  # fmt: skip
     return (
-        "\nFull-batch coarse gradients at the starting minimum (`python -m src.gradients <run>`, eval-mode BN, the "
+        f"\nFull-batch coarse gradients at {'each minimum' if own else 'the starting minimum'} (`python -m src.gradients "
+        "<run>`, eval-mode BN, the "
         f"run's α, {', '.join(sorted(examples))}): ‖ḡ‖ of every Conv/Linear weight under each backward at the "
         "same weights, with its sampling noise ‖SE‖ (from the batch spread). E‖ḡ‖² = ‖E g‖² + ‖SE‖²: pure noise gives "
         "‖ḡ‖ ≈ ‖SE‖, and √(‖ḡ‖² − ‖SE‖²) estimates the norm of the expected coarse gradient E g. The paper's "
@@ -153,3 +160,13 @@ def verdict(run: Run, curve: pd.DataFrame) -> str:
     what = f"val top-1 {a0:.2f} → {a1:.2f} % in {steps:,} steps at lr ≤ 1e-5 (Δ {a1 - a0:+.2f} ± {half:.2f} pt, 95 % CI"
     what += f"; train loss {fmt(l0, 'train_loss')} → {fmt(l1, 'train_loss')})"
     return f"repelled: {what}" if repelled else f"not repelled within {steps:,} steps: {what}"
+
+
+def minima_section(runs: list[Run], out: Path) -> str:
+    """'Coarse gradients at the minima': every run whose dir holds gradients.json (the pipeline's gradients stage
+    writes it at each Table-1 minimum), whether or not a figure run starts from it; '' when there is none."""
+    mine = sorted(
+        (r for r in runs if r.done and gradients_file(r, own=True)), key=lambda r: str(r["run_name"])
+    )
+    table = gradient_table([(str(r["run_name"]), r) for r in mine], out, own=True)
+    return f"## Coarse gradients at the minima\n{table}" if table else ""
