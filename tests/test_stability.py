@@ -60,8 +60,11 @@ def test_plateau_rule_and_gradient_table_at_the_figure_2_minima(tmp_path):
     assert row["start of"] == "from_clipped_relu" and row["minimum's STE"] == "clipped_relu"
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)" and row["‖ḡ‖ float ReLU"] == "0.3 (SE 0.01)"
     # ‖E g‖ ≈ √(‖ḡ‖² − ‖SE‖²): clipped_relu √(0.002² − 0.001²) = 0.00173, identity √(0.05² − 0.002²) = 0.04996
-    assert row["reading"] == "‖E g‖ ≈ clipped_relu 0.00173, identity 0.05 (identity 28.8× clipped_relu)"
-    (own,) = md_table(text, "## Coarse gradients at the minima")  # every minimum with gradients.json, by its name
+    # (28.8×), relu √(0.004² − 0.001²) = 0.00387 (2.24×)
+    assert row["reading"] == "‖E g‖ ≈ clipped_relu 0.00173, identity 0.05 (28.8×), relu 0.00387 (2.24×)"
+    (own,) = md_table(
+        text, "## Coarse gradients at the minima"
+    )  # every minimum with gradients.json, by its name
     assert own["run"] == "clipped_relu" and own["reading"] == row["reading"]
 
 

@@ -70,18 +70,16 @@ def expected_norm(record: dict, label: str) -> float | None:
 
 
 def reading(record: dict) -> str:
-    """The expected-gradient norms of the minimum's own STE and of identity, and their ratio (Lemma 9's question:
-    is ‖E g_identity‖ ≫ ‖E g_own‖ at this minimum?)."""
+    """The expected-gradient norm of the minimum's own STE, then identity's and relu's with their ratio to it (the
+    paper's question, §4.2 and App. C: is ‖E g‖ of identity, or of relu at 2 bits, ≫ the own STE's at this minimum?)."""
     own = record["ste"]
-    labels = list(dict.fromkeys([own, "identity"]))
+    labels = [own, *(s for s in ("identity", "relu") if s != own and s in record["norms"])]
     norms = {label: expected_norm(record, label) for label in labels}
     if None in norms.values():  # a gradients.json without the noise: the raw ratio only
         ratio = record["ratio_to_own"].get("identity")
         return f"‖ḡ_identity‖ = {ratio:.3g} × ‖ḡ_{own}‖ (no noise estimate)" if ratio is not None else "—"
-    text = "‖E g‖ ≈ " + ", ".join(f"{label} {norms[label]:.3g}" for label in labels)
-    if own != "identity" and norms[own] > 0:
-        text += f" (identity {norms['identity'] / norms[own]:.3g}× {own})"
-    return text
+    ratio = lambda s: f" ({norms[s] / norms[own]:.3g}×)" if norms[own] > 0 else ""  # noqa: E731
+    return "‖E g‖ ≈ " + ", ".join(f"{s} {norms[s]:.3g}" + (ratio(s) if s != own else "") for s in labels)
 
 
 def gradient_table(labelled: list[tuple[str, Run]], out: Path, own: bool = False) -> str:
