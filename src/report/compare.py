@@ -242,6 +242,14 @@ def difference(a: Group, b: Group, metric: str = "val_acc") -> Difference | None
     return Difference(sa.mean - sb.mean, t975(df) * math.sqrt(sum(var)), wins, len(shared), "Welch")
 
 
+def winner(a: Group, b: Group) -> Group | None:
+    """The group with the higher final top-1 when the 95 % CI of their difference excludes 0, else None."""
+    d = difference(a, b)
+    if d is None or d.half is None or abs(d.mean) <= d.half:
+        return None
+    return a if d.mean > 0 else b
+
+
 def ordering(a: Group, b: Group) -> str | None:
     """'clipped_relu > relu: 3/3 seeds, +12.40 ± 2.10 pt (95 % CI, paired)' or '… not resolved …'."""
     d = difference(a, b)
@@ -255,7 +263,7 @@ def ordering(a: Group, b: Group) -> str | None:
             f"{a.label} vs {b.label}: {seeds}{d.mean:+.2f} pt, no interval (one run, test-set size unknown)"
         )
     interval = f"{d.mean:+.2f} ± {d.half:.2f} pt (95 % CI, {d.how})"
-    if d.mean - d.half <= 0:
+    if winner(a, b) is None:
         return f"{a.label} vs {b.label}: not resolved, {seeds}{interval}"
     return f"{a.label} > {b.label}: {seeds}{interval}"
 

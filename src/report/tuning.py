@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.report.compare import Group, difference, newest_per_seed, ordering
+from src.report.compare import Group, newest_per_seed, ordering, winner
 from src.report.provenance import counted, hours
 from src.report.table1 import Cell, cells, fmt, fmt_cell, md_table, row_label, ste_column, ste_order
 from src.runs import RunFileError, read_tuning
@@ -225,11 +225,14 @@ def arm_groups(runs: pd.DataFrame, where: tuple) -> list[Group]:
 
 
 def resolved(a: Group, b: Group) -> str:
-    """'a > b', 'b > a' or 'unresolved': the sign of a − b's final top-1 when its 95 % CI excludes 0."""
-    d = difference(a, b)
-    if d is None or d.half is None or abs(d.mean) <= d.half:
-        return "unresolved"
-    return f"{a.label} > {b.label}" if d.mean > 0 else f"{b.label} > {a.label}"
+    """'a > b', 'b > a' or 'unresolved' (src.report.compare.winner)."""
+    top = winner(a, b)
+    return "unresolved" if top is None else f"{top.label} > {(b if top is a else a).label}"
+
+
+def changes(changed: dict, pairs) -> str:
+    """'a vs b (a > b → unresolved); …' for the pairs whose status changed between the arms."""
+    return "; ".join(f"{a} vs {b} ({changed[a, b][0]} → {changed[a, b][1]})" for a, b in pairs)
 
 
 def ranking(paper: pd.DataFrame, tuned: pd.DataFrame, wheres: list[tuple]) -> str:
@@ -248,19 +251,16 @@ def ranking(paper: pd.DataFrame, tuned: pd.DataFrame, wheres: list[tuple]) -> st
             f"- {arm}: " + "; ".join(filter(None, (ordering(groups[a], groups[b]) for a, b in pairs)))
             for arm, groups in zip(arms, by_ste, strict=True)
         ]
-        changed = [
-            f"{a} vs {b} ({resolved(by_ste[0][a], by_ste[0][b])} → {resolved(by_ste[1][a], by_ste[1][b])})"
-            for a, b in pairs
-            if resolved(by_ste[0][a], by_ste[0][b]) != resolved(by_ste[1][a], by_ste[1][b])
-        ]
-        seeds = sorted({r["seed"] for groups in arms.values() for g in groups for r in g.runs}, key=str)
+        status = {(a, b): [resolved(groups[a], groups[b]) for groups in by_ste] for a, b in pairs}
+        changed = {pair: s for pair, s in status.items() if s[0] != s[1]}
         reversed_ = [
-            c for c in changed if "unresolved" not in c
-        ]  # a > b under one arm, b > a under the other
+            pair for pair, s in changed.items() if "unresolved" not in s
+        ]  # a > b in one arm, b > a in the other
+        seeds = sorted({r["seed"] for groups in arms.values() for g in groups for r in g.runs}, key=str)
         answer = (
-            f"**yes, reversed**: {'; '.join(reversed_)}"
+            f"**yes, reversed**: {changes(changed, reversed_)}"
             if reversed_
-            else f"**partly**: no ordering reverses; resolved in one arm only: {'; '.join(changed)}"
+            else f"**partly**: no ordering reverses; resolved in one arm only: {changes(changed, changed)}"
             if changed
             else "**no**: every pair of STEs is ordered the same way in both arms (or unresolved in both)"
         )
