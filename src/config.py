@@ -113,7 +113,7 @@ def validate(cfg: DictConfig) -> None:
             check_checkpoint(path, key)
     two_layer, gaussian = cfg.model.name == "two_layer", "GaussianDataModule" in cfg.data._target_
     _check(two_layer == gaussian, "model=two_layer goes with data=gaussian (and only with it)")
-    validatebuild_partial(cfg)
+    validate_build(cfg)
 
 
 def validate_job(config: DictConfig) -> None:
@@ -134,7 +134,7 @@ def validate_job(config: DictConfig) -> None:
         HydraConfig.instance().set_config(config)
 
 
-def validatebuild_partial(cfg: DictConfig) -> None:
+def validate_build(cfg: DictConfig) -> None:
     """Build the datamodule (its constructor checks mean/std per channel and the like; it reads no file) and
     the model on its input shape, so a value only they reject (resnet depth 7) is one line, not a traceback."""
     datamodule = construct("data", cfg.data)
