@@ -10,7 +10,6 @@ its gradient is that of its own loss (the losses are summed), so SGD moves each 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
@@ -52,9 +51,7 @@ class StackedModels(nn.Module):
         def one(p, b, xk):
             return functional_call(self._base[0], (p, b), (xk,))
 
-        with warnings.catch_warnings():  # in-place clamp_ has no batching rule yet: vmap loops over K for it
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            return vmap(one, randomness="different")(params, buffers, x)  # (K, B, ...)
+        return vmap(one, randomness="different")(params, buffers, x)  # (K, B, ...)
 
     def bind(self, models: list[nn.Module]) -> None:
         """Make model k's parameters and buffers views of slice k (same tensor objects, new storage).

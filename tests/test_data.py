@@ -26,7 +26,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from src.data import CIFAR10DataModule, GaussianDataModule, MNISTDataModule
-from src.data.batches import crop_flip, shard_indices
+from src.data.batches import TRAIN, crop_flip, generator, shard_indices, stack_draws
 from src.data.files import DataError
 from src.data.gaussian import teacher_labels
 from tests.conftest import REPO
@@ -252,6 +252,43 @@ def test_train_augmentation_is_a_real_crop_and_flip_and_val_is_untouched(cls, tm
     assert torch.equal(epoch_pixels(plain.val_dataloader()), epoch_pixels(augmented.val_dataloader()))
     again = loaded(cls, tmp_path, augment=True, train_subset=64, batch_size=64)
     assert torch.equal(to_uint8(next(iter(again.train_dataloader()))[0], again), out)  # seeded
+
+
+def test_train_batches_follow_the_documented_draw_order(tmp_path):
+    """The oracle draws as the datamodule documents (and as runs before the per-epoch draws did, batch by batch):
+    one generator per (seed, epoch), the permutation, then each batch's top, left and flip in turn. Run dirs
+    made by earlier code resume on the same batches."""
+    write_cifar10(tmp_path)
+    dm = loaded(CIFAR10DataModule, tmp_path, train_subset=250, batch_size=100, seed=5)
+    x, y = dm.train_data
+    gen = generator(5, TRAIN, 3)
+    order = torch.randperm(250, generator=gen)
+    got = list(dm._train_epoch(3, 0, 1))
+    assert len(got) == 3 and len(got[-1][1]) == 50
+    for (images, labels), idx in zip(got, order.split(100), strict=True):
+        top, left = (torch.randint(0, 9, (len(idx),), generator=gen) for _ in range(2))
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        padded = F.pad(x[idx], (4, 4, 4, 4))
+        crops = [padded[b, :, t : t + 32, c : c + 32] for b, (t, c) in enumerate(zip(top, left, strict=True))]
+        expected = torch.stack([crop.flip(-1) if f else crop for crop, f in zip(crops, flip, strict=True)])
+        assert torch.equal(to_uint8(images, dm), expected) and torch.equal(labels, y[idx])
+
+
+@BOTH
+def test_a_stacked_batch_is_each_seeds_own_batch(cls, tmp_path):
+    """K seeds share one copy of the data (``share``); batch((K, B) indices) is each seed's batch alone."""
+    WRITERS[cls](tmp_path)
+    dms = [loaded(cls, tmp_path, train_subset=200, batch_size=64, seed=seed) for seed in (0, 1)]
+    dms[1].share(dms[0])
+    assert dms[1].train_data[0] is dms[0].train_data[0]
+    order, aug = stack_draws([dm.epoch_draws(2) for dm in dms])  # (K, N) each
+    alone = [list(dm._train_epoch(2, 0, 1)) for dm in dms]
+    for b in range(4):
+        part = slice(64 * b, 64 * (b + 1))
+        images, labels = dms[0].batch(order[:, part], tuple(a[:, part] for a in aug))
+        assert images.shape[:2] == labels.shape == (2, len(alone[0][b][1]))
+        for k in range(2):
+            assert torch.equal(images[k], alone[k][b][0]) and torch.equal(labels[k], alone[k][b][1])
 
 
 def test_batches_are_made_on_the_trainers_device_when_on_device(tmp_path):

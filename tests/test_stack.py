@@ -1,5 +1,6 @@
 """K stacked runs (src/stack.py) against K separate ones: the same outputs, weights and BN statistics."""
 
+import warnings
 from functools import partial
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from src.models import build_model
 from src.quant import QuantReLU
 from src.stack import StackedModels, stacked_loss
+from src.stacked.ste import add_bounds, stack_base
 
 SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -76,3 +78,18 @@ def test_eval_mode_and_an_unstacked_run_load_into_the_architecture():
     rebuilt = build_model("lenet5", partial(QuantReLU, 2, "lloyd", "clipped_relu"), SHAPES["lenet5"]).double()
     rebuilt.load_state_dict(stacked.unstacked(1))
     torch.testing.assert_close(stacked(x)[1], rebuilt.eval()(x[1]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_op_of_a_stacked_step_has_a_batching_rule(name):
+    """vmap loops over the K slices, one call each, for an op without a batching rule (and warns "performance
+    drop"): on a GPU that is K kernel launches where the stack should make one. level_index's clamp_ was one."""
+    model = build_model(name, partial(QuantReLU, 2, 1.0, "relu"), SHAPES[name])
+    add_bounds(model, "relu")
+    stacked = StackedModels([model, model], stack_base(model, True))
+    x = torch.randn(2, 4, *SHAPES[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback's warning becomes a failure
+        stacked(x).sum().backward()
+        stacked.eval()
+        stacked(x)

@@ -129,12 +129,14 @@ def test_stacked_lenet5_3_stes_2_seeds_in_float32_within_the_measured_tolerance(
 
 @pytest.mark.slow  # ~50 s on the loaded 2-core CPU
 def test_stacked_resnet20_a_few_steps_equals_each_run_alone(tmp_path):
-    """ResNet-20 (option-A shortcuts, channels_last): 2 jobs, 1 epoch of 2 steps, float64."""
+    """ResNet-20 (option-A shortcuts, channels_last, CIFAR crop and flip): 2 jobs, 1 epoch of 2 steps, float64,
+    data.on_device (one shared copy of the data, batches gathered with per-slice index tensors)."""
     jobs = [
         ["ste=relu", "seed=0", "optimizer.lr=0.1"],
         ["ste=clipped_relu", "seed=1", "optimizer.weight_decay=0"],
     ]
-    common = ["trainer.precision=64-true", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    common = ["trainer.precision=64-true", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+              "data.on_device=true"]  # fmt: skip
     for alone, stacked in alone_and_stacked(tmp_path, "resnet20", jobs, *common):
         assert_same_run(alone, stacked, metrics_tol=0.0, weight_tol=1e-12)
 
@@ -193,13 +195,14 @@ def test_plan_groups_what_can_share_a_model(tmp_path):
     diagnostics stay alone with the reason; 5 jobs at max_stack 4 are stacks of 3 and 2."""
     jobs = [["ste=identity", "seed=0"], ["ste=relu", "seed=1", "optimizer.lr=0.3"],
             ["ste=clipped_relu", "optimizer.weight_decay=0"], ["seed=3", "data.batch_size=8"],
-            ["ste=ewgs"], ["seed=5", "callbacks.diagnostics.every_n_steps=5"]]  # fmt: skip
+            ["ste=ewgs"], ["seed=5", "callbacks.diagnostics.every_n_steps=5"],
+            ["seed=6", "data.on_device=true"], ["seed=7", "data.on_device=true"]]  # fmt: skip
     cfgs = []
     for i, job in enumerate(jobs):
         extra = [] if "callbacks.diagnostics.every_n_steps=5" in job else ["callbacks.diagnostics=null"]
         cfgs.append((i, fast_cfg(tmp_path, "lenet5", *extra, *job, run=f"j{i}"), "mnist"))
     stacks, alone = plan(cfgs, max_stack=8)
-    assert stacks == [[0, 1, 2]]
+    assert stacks == [[0, 1, 2], [6, 7]]  # data.on_device: a group of its own (one copy on the device)
     assert alone[3] == "no other job of the sweep shares its model"
     assert alone[4].startswith("ste=ewgs") and alone[5].startswith("callbacks.diagnostics is on")
     five = [

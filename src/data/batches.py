@@ -46,14 +46,19 @@ def crop_flip(
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(size, padding) + RandomHorizontalFlip(0.5) for a batch (B,C,H,W), draws taken all at once."""
-    b = x.shape[0]
+def crop_flip_draws(b: int, padding: int, hflip: bool, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """RandomCrop(size, padding) + RandomHorizontalFlip(0.5) draws for b images: (top, left, flip), each (b,).
+    From a CPU generator, so a seed gives the same augmentation on every device; ``crop_flip`` applies them."""
     top = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
     left = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5 if hflip else torch.zeros(b, dtype=torch.bool)
-    # draws come from the CPU generator, so a seed gives the same augmentation on every device
-    return crop_flip(x, top.to(x.device), left.to(x.device), flip.to(x.device), padding)
+    return top, left, flip
+
+
+def stack_draws(draws: list[tuple]) -> tuple[torch.Tensor, tuple]:
+    """K datamodules' ``epoch_draws`` (order (N,), augmentation draws each (N,)) as one: (K, N) tensors."""
+    order = torch.stack([d[0] for d in draws])  # (K, N)
+    return order, tuple(torch.stack(a) for a in zip(*(d[1] for d in draws), strict=True))
 
 
 def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -13,9 +13,10 @@ from src.data.batches import (
     TRAIN,
     Batches,
     check_positive,
+    crop_flip,
+    crop_flip_draws,
     generator,
     normalise,
-    random_crop_flip,
     shard_indices,
     trainer_epoch,
     trainer_rank,
@@ -110,21 +111,27 @@ class ImageDataModule(pl.LightningDataModule):
         if self._read is None and self.train_data is None:  # Lightning calls this again in validate and fit
             self._read = self._read_checked()
 
-    def setup(self, stage: str | None = None) -> None:
-        """Move both splits (first `*_subset` examples of each) onto the chosen device, reading them if needed."""
+    def setup(self, stage: str | None = None, device: torch.device | None = None) -> None:
+        """Move both splits (first `*_subset` examples of each) onto the chosen device, reading them if needed.
+        With on_device, that is the attached trainer's device, or ``device`` (src/stacked has no trainer)."""
         if self.train_data is not None:
             return
         # a DDP rank other than 0, or a caller that skipped prepare_data(), reads the files itself
         train, val = self._read or self._read_checked()
         self._read = None  # the device copies below are the ones kept
-        device = torch.device("cpu")
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # batches are then made on the accelerator
+        device = device if self.on_device and device is not None else torch.device("cpu")
         self.train_data = tuple(t.to(device) for t in train)
         self.val_data = tuple(t.to(device) for t in val)
         shape = (1, -1, 1, 1)  # (1,C,1,1) broadcasts over (B,C,H,W)
         self._mean = torch.tensor(self.mean, device=device).view(shape)
         self._std = torch.tensor(self.std, device=device).view(shape)
+
+    def share(self, other: "ImageDataModule") -> None:
+        """Hold ``other``'s loaded splits instead of a copy (jobs of one stack: same files, subsets, holdout)."""
+        self.train_data, self.val_data, self._read = other.train_data, other.val_data, None
+        self._mean, self._std = other._mean, other._std
 
     def _read_checked(self) -> tuple[Split, Split]:
         """Both splits on the CPU, cut to their subsets. Checksums come first: a file is read only once it
@@ -178,15 +185,34 @@ class ImageDataModule(pl.LightningDataModule):
         return Batches(make, length, partial(trainer_epoch, self))
 
     def _train_epoch(self, epoch: int, rank: int, world: int) -> Iterator[Split]:
+        order, draws = self.epoch_draws(epoch, rank, world)
+        for start in range(0, len(order), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            yield self.batch(order[part], tuple(d[part] for d in draws))
+
+    def epoch_draws(self, epoch: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, tuple]:
+        """The epoch's example order (N',) and augmentation draws ((top, left, flip), each (N',); () without
+        augmentation), on the data's device: one copy per epoch, none per step. One CPU stream per (seed, epoch),
+        drawn in this order: the permutation, then each batch's crop and flip in turn."""
         (x, y), _ = self._loaded()
-        gen = generator(self.seed, TRAIN, epoch)  # one stream per epoch: the order, then the augmentation
+        gen = generator(self.seed, TRAIN, epoch)
         order = shard_indices(torch.randperm(len(y), generator=gen), rank, world)  # (ceil(N/world),)
-        for idx in order.split(self.batch_size):
-            idx = idx.to(x.device)
-            images = x[idx]  # (B,C,H,W) uint8
-            if self.augment:
-                images = random_crop_flip(images, self.crop_padding, self.hflip, gen)
-            yield normalise(images, self._mean, self._std), y[idx]
+        per_batch = [
+            crop_flip_draws(len(idx), self.crop_padding, self.hflip, gen)
+            for idx in order.split(self.batch_size)
+            if self.augment
+        ]
+        draws = tuple(torch.cat(d).to(x.device) for d in zip(*per_batch, strict=True))
+        return order.to(x.device), draws
+
+    def batch(self, idx: torch.Tensor, draws: tuple) -> Split:
+        """Examples ``idx`` (any shape S: (B,), or (K, B) for a stack) as normalised images (*S, C, H, W) and
+        labels S, cropped and flipped by ``draws`` (each shaped S; () for none)."""
+        (x, y), _ = self._loaded()
+        images = x[idx.flatten()]  # (|S|, C, H, W) uint8
+        if draws:
+            images = crop_flip(images, *(d.flatten() for d in draws), self.crop_padding)
+        return normalise(images, self._mean, self._std).view(*idx.shape, *images.shape[1:]), y[idx]
 
     def val_dataloader(self) -> Batches:
         """The validation split (official test split, or the holdout) in file order, normalised, never augmented."""

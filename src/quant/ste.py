@@ -51,7 +51,9 @@ def clip_point(alpha: torch.Tensor, levels: int) -> torch.Tensor:
 
 def level_index(x: torch.Tensor, alpha: torch.Tensor, top: int) -> torch.Tensor:
     """k = clamp(ceil(x/α), 0, top) in x's dtype: 0 ⇔ x ≤ 0, k ⇔ x ∈ ((k−1)α, kα]; with top = L+1, L+1 ⇔ x > c."""
-    return (x / alpha).ceil_().clamp_(0, top)  # in place on the fresh quotient: one allocation
+    # in place on the fresh quotient (one allocation); clamp_min_/clamp_max_ rather than clamp_(0, top): vmap
+    # (src/stack.py) has batching rules for them, while it would loop over the K slices for clamp_
+    return (x / alpha).ceil_().clamp_min_(0).clamp_max_(top)
 
 
 def staircase(x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from src.config import check_checkpoint
+from src.data.batches import stack_draws
 from src.module import STEModule
 from src.rundir import AtomicCheckpointIO, EpochCheckpoint, read_rows, write_rows
 from src.stack import StackedModels
@@ -76,11 +77,19 @@ def limited(n: int, limit) -> int:
     return min(n, limit) if isinstance(limit, int) else int(n * limit)
 
 
+def share_data(slices: list[Slice], device: torch.device) -> None:
+    """One copy of the data for the whole stack (its jobs share the data config but the seed), on ``device``
+    with data.on_device: batches are then gathered there, with no host copy per step."""
+    first = slices[0].datamodule
+    first.setup("fit", device=device)
+    for s in slices[1:]:
+        s.datamodule.share(first)
+
+
 def prepare(s: Slice, device: torch.device, precision, fixed_alpha: bool) -> None:
-    """Ready one built slice: data set up, STE bounds, device and dtype, optimizer and schedule, and the state of
+    """Ready one built slice (its data shared by ``share_data``): STE bounds, device and dtype, optimizer and schedule, and the state of
     a cut-off earlier start (its checkpoint, as Lightning would restore it)."""
     trainer_cfg = s.cfg.trainer
-    s.datamodule.setup("fit")
     val_batches = limited(len(s.datamodule.val_dataloader()), trainer_cfg.limit_val_batches)
     s.trainer = SliceTrainer(s.datamodule, trainer_cfg.max_epochs, val_batches)
     s.module.trainer = s.trainer  # current_epoch, check_divergence and _eval_metrics read it
@@ -126,13 +135,14 @@ def train_epoch(
 ) -> None:
     """One epoch of every slice, each on the batches it would see alone (its datamodule's (seed, epoch) order)."""
     stacked.train()
-    models = [s.module.model for s in slices]
-    # the datamodule's own per-epoch stream, called by epoch number: a Lightning run gets it via its trainer
-    streams = [s.datamodule._train_epoch(epoch, 0, 1) for s in slices]
-    for _ in range(batches):
-        pairs = [next(stream) for stream in streams]
-        x = precision.convert_input(torch.stack([p[0] for p in pairs]).to(device))  # (K, B, C, H, W)
-        y = torch.stack([p[1] for p in pairs]).to(device)  # (K, B)
+    models, data = [s.module.model for s in slices], slices[0].datamodule
+    # each slice's own epoch draws (its datamodule's seed), as a Lightning run gets them for this epoch
+    order, aug = stack_draws([s.datamodule.epoch_draws(epoch) for s in slices])  # (K, N) each
+    size = data.batch_size
+    for b in range(batches):
+        part = slice(b * size, (b + 1) * size)
+        x, y = data.batch(order[:, part], tuple(a[:, part] for a in aug))  # (K, B, C, H, W), (K, B)
+        x, y = precision.convert_input(x.to(device)), y.to(device)
         for s in slices:
             s.optimizer.zero_grad()
         with precision.forward_context():  # as Lightning runs a training_step (64-true, autocast)

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.runs import read_json, write_json
-from src.stacked.fit import Slice, fit, prepare
+from src.stacked.fit import Slice, fit, prepare, share_data
 from src.stacked.plan import use
 from src.train import build, build_loggers, finish_wandb, record_start, write_summary
 
@@ -68,6 +68,7 @@ def train_built(slices: list[Slice]) -> None:
     """
     device, precision = device_and_precision(slices[0].cfg)
     fixed_alpha = slices[0].cfg.quant.alpha_mode == "fixed"
+    share_data(slices, device)
     for s in slices:
         prepare(s, device, precision, fixed_alpha)
     for start in sorted({s.start_epoch for s in slices}):

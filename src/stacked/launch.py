@@ -175,7 +175,7 @@ class StackedSweep:
             add_bounds(model, first.cfg.ste.name)
         base = stack_base(model, fixed_alpha)
         device, precision = device_and_precision(first.cfg)
-        first.datamodule.setup("fit")
+        first.datamodule.setup("fit", device=device)  # where the stack's shared copy will live
         x, y = next(iter(first.datamodule._train_epoch(0, 0, 1)))
         x = precision.convert_input(x.to(device))
         steps = 0 if self.force else self.probe_steps
