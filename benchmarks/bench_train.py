@@ -393,9 +393,12 @@ def stacked_table(args, device) -> None:
         sweep_table(args, device)
 
 
+STACKED = ["hydra/launcher=stacked", "hydra.launcher.force=true", "hydra.launcher.max_stack=6"]
 SWEEP_LAUNCHERS = {  # the same 6 jobs through each launcher
     "one by one": ["hydra/launcher=basic"],
-    "stacked": ["hydra/launcher=stacked", "hydra.launcher.force=true", "hydra.launcher.max_stack=6"],
+    "stacked": STACKED,
+    # one copy of the data on the device, batches gathered there (docs/stacked.md); the same as "stacked" on a CPU
+    "stacked+dev": [*STACKED, "data.on_device=true"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
 }
 

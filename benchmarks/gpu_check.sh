@@ -4,8 +4,9 @@
 #   2. step-time ratios, memory, framework vs bare epoch (data on the device), 1/2/4/8 concurrent ResNet-20 runs,
 #      (the stacked table is part 2b)
 #  2b. stacked throughput: K = 1/2/4/8 runs of ResNet-20 and of LeNet-5 as one stacked model (src/stack.py) against
-#      the K one by one, and a 6-job LeNet-5 sweep through hydra/launcher=stacked vs one by one vs joblib
-#      (docs/stacked.md). CUDA-graph steps vs eager are NOT measured: no CUDA-graph knob is built yet.
+#      the K one by one, and a 6-job LeNet-5 sweep through hydra/launcher=stacked (data on the host, and with
+#      data.on_device) vs one by one vs joblib (docs/stacked.md). CUDA-graph steps vs eager are NOT measured: no
+#      CUDA-graph knob is built yet.
 #   3. epoch time per model through src.train with the data on the GPU (metrics.csv time/epoch_s, epochs 2-3)
 #   4. a short ResNet-20 2-bit fine-tune per paper STE from a brief FP warm-up (make reproduce PROFILE=gpu_check)
 # Usage: OUT=<dir> PY=<python> EXTRA="<src.train overrides>" benchmarks/gpu_check.sh   (CIFAR-10 in $STE_LAB_DATA
