@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from src.report import build_report
+from src.report.__main__ import main
 from tests.test_report import md_table, write_run
 
 RESNET4 = {"model": "resnet20", "data": "cifar10", "bits": 4}
@@ -81,3 +82,24 @@ def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
     assert md_table(text, "## Coarse gradients at the minima")[0]["run"] == "clipped_relu"
     assert starts(text)["from_relu"] == "the starting run's curve is not kept (archived runs)"
+
+
+def test_the_readme_block_states_each_claim_with_its_verdict_and_the_reading(tmp_path):
+    """The results block names the paper's claim and time scale beside our verdict, and the gradient reading at the
+    start; the report's Figure 2 section opens with the claim it tests."""
+    root = figure2_root(tmp_path / "runs")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:p -->\n<!-- /results:p -->\n")
+    assert main([str(root), "--out", str(tmp_path / "out"), "--profile", "p", "--readme", str(readme)]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    claim = "the paper's claim: at lr 1e-5 the identity STE is repelled from the good 4-bit minima"
+    assert f"## Figure 2\n\nTested: {claim}" in text and "within ≈3,900 steps" in text
+    lines = {line.split("), ", 1)[1].split(":", 1)[0]: line for line in readme.read_text().splitlines()
+             if line.startswith("- Figure 2 (")}  # fmt: skip
+    assert sorted(lines) == ["from_clipped_relu", "from_relu"]
+    # the fixture's curves have no lr column: the verdict says so (the rule itself: tests/test_compare.py)
+    assert claim in lines["from_relu"] and lines["from_relu"].endswith(
+        "from_relu: no epoch at lr ≤ 1e-5: no verdict."
+    )
+    assert lines["from_clipped_relu"].endswith("At the start: ‖E g‖ ≈ clipped_relu 0.00173, identity 0.05 "
+                                               "(28.8×), relu 0.00387 (2.24×).")  # fmt: skip
