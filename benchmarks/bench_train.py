@@ -34,6 +34,8 @@ import copy
 import io
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -46,6 +48,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from src.compose import compose_run
 from src.data.batches import Batches
 from src.models import build_model
 from src.module import STEModule
@@ -54,7 +57,6 @@ from src.quant import QuantReLU
 from src.quant.memory import saved_bytes
 from src.stack import StackedModels, stacked_loss
 from src.train import build_callbacks
-from src.tune import compose_run
 
 INPUT = {"lenet5": ((1, 28, 28), 64), "vgg11": ((3, 32, 32), 128), "resnet20": ((3, 32, 32), 128)}  # Table 2
 LAYOUTS = {
@@ -407,9 +409,6 @@ def sweep_table(args, device) -> None:
     """Jobs per hour of a 6-job Table-1 sweep (LeNet-5 on MNIST, 3 STEs × 2 seeds, --sweep-steps steps of one
     epoch each) through each launcher: one command each, wall time from start to exit (Python start, data load,
     validation and run files included)."""
-    import subprocess
-    import sys
-
     jobs = ["experiment=lenet5_mnist", "ste=identity,relu,clipped_relu", "seed=0,1", "trainer.max_epochs=1",
             f"trainer.limit_train_batches={args.sweep_steps}", "trainer.limit_val_batches=2", "logger=csv",
             "callbacks.diagnostics=null", "trainer.enable_progress_bar=false", "share.threads=1",
