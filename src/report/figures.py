@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -110,6 +111,7 @@ def plot_curves(
     switch=None,
     titles: tuple[str, ...] | None = None,
     styles: dict[str, tuple[str | None, int]] | None = None,
+    val_examples: int | None = None,
 ) -> Path:
     """One panel per metric (rows of 4), per label the mean over its runs' curves with a min–max band; x = epoch,
     0 = start.
@@ -117,10 +119,17 @@ def plot_curves(
     ``switch``: the epoch where the learning rate leaves its hold (Figure 2's 1e-5 phase), drawn dashed.
     ``titles``: one per panel (e.g. the layer a diagnostic belongs to).
     ``styles``: label -> (STE, k): the STE's colour and the k-th line style (default: the label as STE, solid).
+    ``val_examples``: the N test images behind val/acc. Figures 2 and 4 judge a change against test-set noise, so
+    each val/acc point gets its 95 % binomial interval as a band and the training loss axis starts at 0: a
+    0.5-point wiggle no longer fills the panel.
     """
     fig, axes = panels(len(metrics))
     for i, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
         draw(ax, groups, metric, styles)
+        if val_examples and metric == "val/acc":
+            ci_band(ax, val_examples)
+        if val_examples and metric == "train/loss":
+            ax.set_ylim(bottom=0)
         if switch is not None:
             ax.axvline(switch, color="gray", linestyle="--", linewidth=1, label=f"lr switch (epoch {switch})")
         ax.set(xlabel="epoch", ylabel=ylabel(metric), title=titles[i] if titles else "")
@@ -128,6 +137,15 @@ def plot_curves(
             ax.set_yscale("log")  # the two-layer model's loss falls over orders of magnitude
     fig.suptitle(title, fontsize=10)
     return save(fig, path, len(groups) + (switch is not None))
+
+
+def ci_band(ax, n: int) -> None:
+    """Around each accuracy curve on ``ax``, its points' 95 % binomial interval, ±1.96·√(p(1−p)/n)."""
+    for line in ax.get_lines():
+        x, p = line.get_xdata(), np.asarray(line.get_ydata()) / 100
+        half = 196 * np.sqrt(p * (1 - p) / n)  # in points
+        ax.fill_between(x, 100 * p - half, 100 * p + half, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.fill_between([], [], color="gray", alpha=0.15, label=f"95 % CI ({n:,} test images)")
 
 
 def plot_grid(

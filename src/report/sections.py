@@ -146,6 +146,14 @@ def start_line(label: str, run: Run, runs: list[Run]) -> str:
     return f"- {label}: from `{parent.path.name if parent else '—'}`, {plateau(parent)}\n"
 
 
+def band(n: int | None) -> str:
+    return (
+        f" Shaded: each point's 95 % binomial interval from {n:,} test images; the loss axis starts at 0."
+        if n
+        else ""
+    )
+
+
 def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     """Figure 2 or 4: the PNG of training loss and validation accuracy per epoch, and start/final numbers."""
     spec = FIGURES[kind]
@@ -156,8 +164,10 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     from_parent = [start_from_parent(run, curve, runs) for _, run, curve in curves]
     ours, switch = what_ran(mine)
     title = f"Figure {spec.number} (ours)"
+    n = next((r["val_examples"] for _, r, _ in curves if r["val_examples"]), None)
     if any(len(c[2]) for c in curves):
-        plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch)
+        plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch,
+                    val_examples=n)  # fmt: skip
         link = f"![Figure {spec.number}]({spec.file})"
     else:
         link = "*No curves: these runs' metrics.csv files are gone (archived runs).*"
@@ -169,7 +179,7 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
     starts = "".join(start_line(label, run, runs) for label, run, _ in curves)
     return (
         f"## Figure {spec.number}\n\nTested: {spec.claim}.\n\n{link}\n\n*{spec.caption} {ours} Epoch 0 is "
-        f"the starting point's validation, epoch e the state after epoch e.{note}*\n\nTraining loss / "
+        f"the starting point's validation, epoch e the state after epoch e.{note}{band(n)}*\n\nTraining loss / "
         f"validation accuracy (%):\n\n{md_table(header, rows)}\n\n{RULE}\n\nStarting minima:\n\n{starts}"
         + gradient_table([(label, run) for label, run, _ in curves], out)
     )
