@@ -93,8 +93,8 @@ def test_mnist_paper_runs_follow_table2(tmp_path, monkeypatch):
 
 def test_instability_cpu_holds_lr_1e5_from_its_minima(tmp_path, monkeypatch):
     """Figure 2: 4,082 steps of the identity STE at lr 1e-5 (the paper's collapse takes ≈3,900) from the 4-bit
-    clipped-ReLU minimum, no switch; Figure 4 from the 2-bit one; the full test set; src.gradients at each
-    minimum."""
+    clipped-ReLU minimum, no switch; Figure 4 (1,884 steps) from the 2-bit one; the full test set; src.gradients
+    at each minimum."""
     from src.reproduce import stages
 
     tools: list[tuple[str, list[str]]] = []
@@ -115,5 +115,6 @@ def test_instability_cpu_holds_lr_1e5_from_its_minima(tmp_path, monkeypatch):
     assert fig2.optimizer.lr * fig2.scheduler.hold_factor == pytest.approx(1e-5)
     assert fig2.trainer.max_epochs * steps_per_epoch == 4082  # the profile's header states this count
     assert fig4.ste.name == "relu" and fig4.quant.bits == 2 and fig4.optimizer.lr == pytest.approx(1e-5)
+    assert fig4.trainer.max_epochs * steps_per_epoch == 1884  # 8 % of the paper's ≈23,500 steps
     assert sorted(m for m, _ in tools) == ["src.gradients"] * 2  # one per Table-1 minimum
     assert all("--subset=2000" in args and args[0].startswith(str(tmp_path / "table1")) for _, args in tools)
