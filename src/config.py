@@ -22,10 +22,7 @@ from src.plugins import load_plugins
 from src.quant import get_ste, resolve_alpha
 from src.quant.quantizer import ALPHA_MODES, check_bits
 from src.quant.weights import weight_quantizer
-from src.resume import (
-    check_checkpoint,
-    check_resume_target,
-)
+from src.resume import check_checkpoint, check_resume_target
 from src.targets import HYDRA_KEYS, build_partial, check_arguments, check_keys, config_error, construct
 
 # Root keys a run config may hold: conf/train.yaml's and Hydra's.
@@ -66,10 +63,7 @@ def _number(value, key: str) -> None:
 
 def validate_share(cfg: DictConfig) -> None:
     """share.threads a positive integer, share.gpu_memory_fraction in (0, 1]; null leaves torch's default."""
-    threads, fraction = (
-        OmegaConf.select(cfg, "share.threads"),
-        OmegaConf.select(cfg, "share.gpu_memory_fraction"),
-    )
+    threads, fraction = (OmegaConf.select(cfg, f"share.{k}") for k in ("threads", "gpu_memory_fraction"))
     if threads is not None:
         _integer(threads, "share.threads")
     if fraction is not None:
@@ -187,9 +181,8 @@ def validate_small_groups(cfg: DictConfig) -> None:
 def validate_trainer(cfg: DictConfig) -> None:
     """accelerator, devices, precision and the rest as Lightning itself checks them: a Trainer is built (and
     dropped) with no logger or callback, so e.g. trainer.accelerator=tpu or devices=0 fail here in one line."""
-    quiet = logging.getLogger(
-        "pytorch_lightning.utilities.rank_zero"
-    )  # its "GPU available" lines: in the run
+    # its "GPU available" lines belong to the run, not to the check
+    quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:

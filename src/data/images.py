@@ -121,7 +121,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._read = None  # the device copies below are the ones kept
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # batches are then made on the accelerator
-        device = device if self.on_device and device is not None else torch.device("cpu")
+        if not self.on_device or device is None:
+            device = torch.device("cpu")
         self.train_data = tuple(t.to(device) for t in train)
         self.val_data = tuple(t.to(device) for t in val)
         shape = (1, -1, 1, 1)  # (1,C,1,1) broadcasts over (B,C,H,W)
@@ -197,11 +198,8 @@ class ImageDataModule(pl.LightningDataModule):
         (x, y), _ = self._loaded()
         gen = generator(self.seed, TRAIN, epoch)
         order = shard_indices(torch.randperm(len(y), generator=gen), rank, world)  # (ceil(N/world),)
-        per_batch = [
-            crop_flip_draws(len(idx), self.crop_padding, self.hflip, gen)
-            for idx in order.split(self.batch_size)
-            if self.augment
-        ]
+        batches = order.split(self.batch_size) if self.augment else ()
+        per_batch = [crop_flip_draws(len(idx), self.crop_padding, self.hflip, gen) for idx in batches]
         draws = tuple(torch.cat(d).to(x.device) for d in zip(*per_batch, strict=True))
         return order.to(x.device), draws
 

@@ -26,9 +26,8 @@ class FigureSpec:
     caption: str
     paper_start: dict[str, tuple[float, float]]
     paper_final: dict[str, tuple[float, float]]
-    claim: (
-        str  # what the paper claims the figure shows, with its time scale in steps (batch 128, 391 per epoch)
-    )
+    # what the paper claims the figure shows, with its time scale in steps (batch 128, 391 per epoch)
+    claim: str
 
 
 RESNET4, RESNET2 = TABLE1[("cifar10", "resnet20", 4)], TABLE1[("cifar10", "resnet20", 2)]
@@ -147,11 +146,10 @@ def start_line(label: str, run: Run, runs: list[Run]) -> str:
 
 
 def band(n: int | None) -> str:
-    return (
-        f" Shaded: each point's 95 % binomial interval from {n:,} test images; the loss axis starts at 0."
-        if n
-        else ""
-    )
+    """The caption's note on plot_curves(val_examples=n); '' without n."""
+    if not n:
+        return ""
+    return f" Shaded: each point's 95 % binomial interval from {n:,} test images; the loss axis starts at 0."
 
 
 def figure_section(kind: str, runs: list[Run], out: Path) -> str:

@@ -87,8 +87,8 @@ def share_data(slices: list[Slice], device: torch.device) -> None:
 
 
 def prepare(s: Slice, device: torch.device, precision, fixed_alpha: bool) -> None:
-    """Ready one built slice (its data shared by ``share_data``): STE bounds, device and dtype, optimizer and schedule, and the state of
-    a cut-off earlier start (its checkpoint, as Lightning would restore it)."""
+    """Ready one built slice (its data shared by ``share_data``): STE bounds, device and dtype, optimizer and
+    schedule, and the state of a cut-off earlier start (its checkpoint, as Lightning would restore it)."""
     trainer_cfg = s.cfg.trainer
     val_batches = limited(len(s.datamodule.val_dataloader()), trainer_cfg.limit_val_batches)
     s.trainer = SliceTrainer(s.datamodule, trainer_cfg.max_epochs, val_batches)
