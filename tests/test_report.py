@@ -15,6 +15,7 @@ import yaml
 from src.paper import TABLE1, TABLE2
 from src.report import build_report, collect_runs, read_curves, table1
 from src.report.__main__ import main
+from src.report.provenance import wall_times
 from src.report.table1 import fmt
 from src.rundir import write_rows
 from src.runs import read_json, write_json, write_pipeline, write_provenance, write_summary, write_tuning
@@ -911,3 +912,12 @@ def test_descent_profile_reads_one_epoch_per_direction(diag_root: Path):
         -0.01
     )
     assert descent_profile(curve, 1).empty
+
+
+def test_stage_times_say_when_a_stage_was_only_found_done():
+    """A stage whose every attempt was a skip shows 0 s: the row says its runs were trained outside the record."""
+    fig2, fig4 = {"wall_time_s": 5400.0, "skipped": False}, {"wall_time_s": 0, "skipped": True}
+    lines = wall_times([], {"stages": {"fig2": fig2, "fig4": fig4}})
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[-1].splitlines()[2:]]
+    assert rows == [["fig2", "1.50 h", "ran"], ["fig4", "0.0 s", "found done (trained outside this record)"]]
+    assert lines[1] == "- Pipeline stages (total 1.50 h):"

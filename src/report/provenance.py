@@ -141,8 +141,14 @@ def wall_times(runs: list[Run], pipeline: dict) -> list[str]:
     stages = pipeline.get("stages", {})
     if not stages:
         return lines + ["- No pipeline.json: no per-stage wall times."]
+    # every attempt a skip: the stage's runs were found done, i.e. trained outside this record (by hand, or by a
+    # pipeline.json since replaced); their time is in the runs' sum above, not in the stage's 0
     rows = [
-        [s, hours(v.get("wall_time_s") or 0), "skipped" if v.get("skipped") else "ran"]
+        [
+            s,
+            hours(v.get("wall_time_s") or 0),
+            "found done (trained outside this record)" if v.get("skipped") else "ran",
+        ]
         for s, v in stages.items()
     ]
     total = hours(sum(v.get("wall_time_s") or 0 for v in stages.values()))
