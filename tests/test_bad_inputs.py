@@ -297,6 +297,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_unknown_root_key_is_one_line(tmp_path):
     out = cli(tmp_path, "+foo=1", "optimizer.lr=abc")
     assert out.returncode == 1 and out.stderr.strip().splitlines() == [
@@ -304,6 +305,7 @@ def test_cli_unknown_root_key_is_one_line(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_cli_truncated_dataset_is_one_line(tmp_path):
     args = [*data_overrides("lenet5", tmp_path / "data"), "model=lenet5", "trainer=cpu", "logger=csv"]
     path = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
@@ -382,6 +384,7 @@ CLI_REFUSED = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", CLI_REFUSED, ids=[c[0] for c in CLI_REFUSED])
 def test_cli_refusal_is_one_line_and_makes_no_directory(tmp_path, override, expected):
     """python -m src.train from an empty working dir, Hydra's own run dir: exit 1, the one line on stderr, and

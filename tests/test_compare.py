@@ -43,6 +43,7 @@ def sweeps(tmp_path_factory) -> tuple[Path, Path]:
     return sweep, single
 
 
+@pytest.mark.slow
 def test_a_sweep_and_a_separate_run_share_one_table_and_one_figure(sweeps, tmp_path):
     out = tmp_path / "report"
     assert report([*map(str, sweeps), "--out", str(out)]) == 0
@@ -232,6 +233,7 @@ def test_wandb_config_is_flat_once_with_user_tags_and_a_group(tmp_path, monkeypa
     assert OmegaConf.select(cfg, "tags") == ["ablation"]
 
 
+@pytest.mark.slow
 def test_default_run_dir_is_checked_without_a_warning(tmp_path):
     env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     out = subprocess.run(

@@ -234,6 +234,7 @@ def test_float_run_logs_nothing(tmp_path):
     assert "train/loss" in df and not any(c.startswith(("diag/", "disagree/")) for c in df.columns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe_size", [128, 16], ids=["probe-over-epochs", "probe-in-one-batch"])
 def test_a_resumed_run_equals_the_uninterrupted_one_in_every_column(tmp_path, probe_size):
     """3 epochs in one go against 2, then a resume from the epoch-2 checkpoint in another dir: the 3rd epoch's

@@ -104,6 +104,7 @@ def float_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_the_command_on_a_lenet5_run_equals_direct_autograd(tmp_path):
     """``python -m src.gradients <run dir>``: the own STE's ḡ, the identity STE's (a model built with it) and the
     float ReLU's equal one autograd pass over the whole training set; total² = Σ layer²; files written."""

@@ -80,6 +80,7 @@ def test_fp_resnet18_from_a_torchvision_state_dict_is_torchvision_resnet18(tmp_p
     assert row0["val/acc"] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item(), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_w2a2_experiment_runs_end_to_end_with_loader_workers(tmp_path):
     root = write_jpegs(tmp_path / "jpegs")
     summary = train(run_cfg(tmp_path, root, "data.num_workers=1", "trainer.max_epochs=2"))
@@ -131,6 +132,7 @@ def test_bad_folders_are_one_line(tmp_path, make, message):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_corrupt_image_is_one_line_naming_it(tmp_path, workers):
     root = write_jpegs(tmp_path / "jpegs")

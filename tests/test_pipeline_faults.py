@@ -114,6 +114,7 @@ def sizes(run: Path) -> dict:
     return {p.name: p.stat().st_size for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_second_pipeline_on_the_same_dir_is_refused_in_one_line(tmp_path, profiles):
     out = tmp_path / "out"
     first = start_pipeline(profiles, out)
@@ -132,6 +133,7 @@ def test_second_pipeline_on_the_same_dir_is_refused_in_one_line(tmp_path, profil
         first.wait()
 
 
+@pytest.mark.slow
 def test_refusal_from_the_command_line_is_one_line_and_non_zero(tmp_path):
     out = tmp_path / "out"
     with pipeline_lock(out):
@@ -162,6 +164,7 @@ def test_sigkill_of_the_pipeline_stops_its_multirun_and_frees_the_lock(tmp_path,
         pass
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_multirun_records_the_attempt_and_a_rerun_relaunches_in_place(tmp_path, profiles):
     out = tmp_path / "out"
     pipeline = start_pipeline(profiles, out)
@@ -181,6 +184,7 @@ def test_sigterm_stops_the_multirun_records_the_attempt_and_a_rerun_relaunches_i
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["job", "logs"]
 
 
+@pytest.mark.slow
 def test_failed_stage_names_its_failed_jobs_and_the_log(tmp_path, profiles, monkeypatch):
     monkeypatch.setattr(
         jobs, "train_command", lambda stage_dir, *_: [sys.executable, "-c", FAILS, str(stage_dir)]

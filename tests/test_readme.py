@@ -19,6 +19,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S)[1]
 
 
+@pytest.mark.slow
 def test_the_inference_example_scores_what_the_run_scored(tmp_path):
     cfg = fast_cfg(tmp_path, "lenet5", "ste=clipped_relu", "quant.bits=2", "trainer.limit_val_batches=1.0")
     summary = train(cfg)

@@ -134,6 +134,7 @@ def test_make_targets_are_documented():
         assert f"\n{target}:" in makefile and "##" in makefile.split(f"\n{target}:")[1].splitlines()[0]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_only_under_its_out_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(multiruns, "run_hydra", lambda *a: None)
     monkeypatch.setattr(Pipeline, "report", lambda self: True)

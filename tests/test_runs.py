@@ -87,6 +87,7 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cli(*args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_the_same_command_resumes_in_place(tmp_path):
     """A multirun killed after its 2nd epoch's checkpoint; the same command again resumes that run dir from the
     checkpoint and ends with the metrics of an uninterrupted run (deterministic CPU)."""
@@ -163,6 +164,7 @@ def test_divergence_on_the_val_loss_alone_stops_with_a_reason(tmp_path, monkeypa
     assert summary["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_sweep_with_one_bad_job_runs_the_others_and_fails_at_the_end(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_cli(["-m", *tiny_run_args(tmp_path, epochs=1), "quant.bits=17,2", f"hydra.sweep.dir={sweep}"])
@@ -177,6 +179,7 @@ def test_a_sweep_with_one_bad_job_runs_the_others_and_fails_at_the_end(tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_a_rejected_single_run_leaves_no_run_dir(tmp_path):
     run = tmp_path / "run"
     out = run_cli([*tiny_run_args(tmp_path, epochs=1), "quant.bits=17", f"hydra.run.dir={run}"])
@@ -197,6 +200,7 @@ def test_evaluate_reproduces_the_final_val_accuracy_and_loads_from_the_path_alon
     assert fewer["examples"] == 16
 
 
+@pytest.mark.slow
 def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")  # a file where the run dir's parent should be

@@ -159,6 +159,7 @@ def test_an_unknown_partition_is_one_line_before_submitting(tmp_path):
     assert not list(tmp_path.rglob("summary.json"))
 
 
+@pytest.mark.slow
 def test_no_slurm_is_one_line(tmp_path):
     """Without sinfo on PATH (a laptop): the launcher says so in one line and submits nothing."""
     env = ENV | {"PATH": str(tmp_path)}  # sys.executable is absolute; nothing else is found

@@ -36,7 +36,8 @@ def sgd(params):
         ("lenet5", "relu", {}, 3),
         ("lenet5", "identity", {}, 3),
         ("lenet5", "clipped_relu", {"alpha_mode": "pact"}, 3),  # a learned α per run
-        ("resnet20", "clipped_relu", {}, 1),  # option-A shortcuts pad channels: per run under vmap
+        # option-A shortcuts pad channels: per run under vmap; ~30 s
+        pytest.param("resnet20", "clipped_relu", {}, 1, marks=pytest.mark.slow),
     ],
 )
 def test_stacked_runs_train_like_separate_runs(name, ste, kw, steps):

@@ -106,6 +106,7 @@ def test_interval_ste_is_the_registry_ste(ste, bits):
     assert torch.equal(out, out2) and torch.equal(x.grad, x2.grad)
 
 
+@pytest.mark.slow
 def test_stacked_lenet5_in_float64_equals_each_run_alone(tmp_path):
     """3 STEs with their own seed, lr and weight decay as one stack: every run's metrics.csv values equal, its
     checkpoint (weights, momentum, schedule, Lightning's loop counters) as the run alone wrote it."""
@@ -141,6 +142,7 @@ def test_stacked_resnet20_a_few_steps_equals_each_run_alone(tmp_path):
         assert_same_run(alone, stacked, metrics_tol=0.0, weight_tol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_slice_that_diverges_stops_alone(tmp_path):
     """A huge lr diverges one slice: its summary says diverged with the reason; the other equals its run alone."""
     jobs = [["seed=0"], ["seed=1", "optimizer.lr=1e6"]]
@@ -151,6 +153,7 @@ def test_a_slice_that_diverges_stops_alone(tmp_path):
     assert stacked["epochs"] == alone["epochs"] < 3
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_as_a_group_or_alone(tmp_path, monkeypatch):
     """A group killed after epoch 1 of 2: each slice's checkpoint is ordinary (src.evaluate reads it; src.train
     resume= continues it alone), and the same group started again continues the rest; both equal the run alone."""

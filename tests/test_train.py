@@ -27,6 +27,7 @@ from tests.runs import FAST, FAST_TRAINER, data_overrides, fast_cfg, make_cfg
 GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml")) for p in (REPO / "conf").iterdir() if p.is_dir()}
 PAPER_STES = ["identity", "relu", "clipped_relu"]
 MODELS = ["lenet5", "vgg11", "resnet20", "tiny", "two_layer"]
+SLOW_MODELS = {"vgg11", "resnet20"}  # 6–22 s a short run on the 2-core VM
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -119,7 +120,9 @@ def test_defaults_are_the_papers_headline_setting(tmp_path):
 # ---- short runs ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    "model", [m if m not in SLOW_MODELS else pytest.param(m, marks=pytest.mark.slow) for m in MODELS]
+)
 @pytest.mark.parametrize("ste", PAPER_STES)
 def test_short_run_every_model_and_paper_ste(tmp_path, model, ste):
     cfg = fast_cfg(tmp_path, model, f"ste={ste}", "optimizer.lr=0.05")
@@ -180,6 +183,7 @@ def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
     assert not any(isinstance(c, pl.callbacks.ProgressBar) for c in build_callbacks(off))
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_on_learnable_data(tmp_path):
     cfg = fast_cfg(
         tmp_path,
@@ -368,6 +372,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -395,6 +400,7 @@ def tiny_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedPro
     return cli("-m", "model=tiny", *fast, *overrides, cwd=tmp_path), sweep
 
 
+@pytest.mark.slow
 def test_multirun_gives_distinct_complete_run_dirs(tmp_path):
     out, sweep = tiny_sweep(tmp_path, "ste=identity,relu,clipped_relu")  # default logger: CSV and W&B
     assert out.returncode == 0, out.stderr[-2000:]
@@ -442,6 +448,7 @@ def test_lenet5_2bit_clipped_relu_one_epoch_on_genuine_mnist(tmp_path, shared_da
     assert summary["val_acc"] >= 97.0
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     out, sweep = tiny_sweep(
         tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "ste=relu,clipped_relu"

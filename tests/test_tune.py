@@ -61,6 +61,7 @@ def on_disk(out: Path, record: dict) -> list[dict]:
     return runs
 
 
+@pytest.mark.slow
 def test_three_trial_search_tries_the_default_first_and_selects_within_one_se(tmp_path):
     out = tmp_path / "study"
     record = tune(out, tiny_overrides(tmp_path), SPACE)
@@ -89,6 +90,7 @@ def test_three_trial_search_tries_the_default_first_and_selects_within_one_se(tm
     assert read_json(out / "tuning.json") == record
 
 
+@pytest.mark.slow
 def test_an_interrupted_study_resumes_and_continues_the_trial_count(tmp_path, monkeypatch):
     """A kill after trial 1's run but before the study heard of it: the next start reads that run (no second
     training), then runs trial 2; a larger --trials extends the same study."""
@@ -300,6 +302,7 @@ def test_bad_holdout_on_the_command_line_is_one_line(tmp_path):
 # --- the pipeline's tune and tuned stages -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mnist_tune_profile_tunes_each_ste_then_retrains_its_best(tmp_path, monkeypatch):
     """Stages run with fake launchers: pretrain and table1 'finish', each study 'finds' lr = 0.01 × (index+1)."""
     launched, studies = {}, []
