@@ -79,6 +79,7 @@ def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
     root = figure2_root(tmp_path / "runs")
     first = build_report(root, tmp_path / "out").parent
     assert (first / "gradients" / "f2-clipped_relu.json").is_file()
+    assert "Shaded: each point's 95 % binomial interval" in (first / "report.md").read_text()
     for path in sorted(root.rglob("*"), reverse=True):  # the run dirs are gone
         path.unlink() if path.is_file() else path.rmdir()
     text = build_report(first / "runs.csv", tmp_path / "again").read_text()
@@ -86,6 +87,7 @@ def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
     assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
     assert md_table(text, "## Coarse gradients at the minima")[0]["run"] == "clipped_relu"
     assert starts(text)["from_relu"] == "the starting run's curve is not kept (archived runs)"
+    assert "*No curves:" in text and "Shaded" not in text  # no figure, so no band to describe
 
 
 def test_the_readme_block_states_each_claim_with_its_verdict_and_the_reading(tmp_path):

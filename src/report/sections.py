@@ -168,7 +168,10 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
                     val_examples=n)  # fmt: skip
         link = f"![Figure {spec.number}]({spec.file})"
     else:
-        link = "*No curves: these runs' metrics.csv files are gone (archived runs).*"
+        link, n = (
+            "*No curves: these runs' metrics.csv files are gone (archived runs).*",
+            None,
+        )  # no band to note
     note = " Epoch 0's training loss is the starting run's final training loss (its summary)." * any(
         from_parent
     )
