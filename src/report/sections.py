@@ -167,11 +167,8 @@ def figure_section(kind: str, runs: list[Run], out: Path) -> str:
         plot_curves({c[0]: [c[2]] for c in curves}, ("train/loss", "val/acc"), out / spec.file, title, switch,
                     val_examples=n)  # fmt: skip
         link = f"![Figure {spec.number}]({spec.file})"
-    else:
-        link, n = (
-            "*No curves: these runs' metrics.csv files are gone (archived runs).*",
-            None,
-        )  # no band to note
+    else:  # no figure, so no band to note
+        link, n = "*No curves: these runs' metrics.csv files are gone (archived runs).*", None
     note = " Epoch 0's training loss is the starting run's final training loss (its summary)." * any(
         from_parent
     )
