@@ -93,6 +93,22 @@ def test_runs_csv_has_the_start_time_of_every_run(sweeps, tmp_path):
     assert len(table) == 6 and all(pd.to_datetime(table["started"]).dt.year >= 2025)
 
 
+def test_a_run_reached_twice_counts_once(sweeps, tmp_path):
+    """Overlapping folders, or a runs.csv beside the run dirs it archived plus one new run (how a published result
+    gets more seeds): each run is one row, and the run dir (with curves) wins over its archived row."""
+    sweep, single = sweeps
+    report([str(sweep), "--out", str(tmp_path / "first")])
+    archived = tmp_path / "first" / "runs.csv"
+    names = sorted(pd.read_csv(archived)["run_name"])
+    report([str(sweep), str(sweep / "relu-s0"), str(archived), str(single), "--out", str(tmp_path / "again")])
+    leaky = read_run(single / "leaky_clipped_relu-s0")["run_name"]
+    assert sorted(pd.read_csv(tmp_path / "again" / "runs.csv")["run_name"]) == sorted([*names, leaky])
+    assert "read from the archived" not in (tmp_path / "again" / "report.md").read_text()  # all live run dirs
+    report([str(archived), str(archived), "--out", str(tmp_path / "twice")])
+    assert sorted(pd.read_csv(tmp_path / "twice" / "runs.csv")["run_name"]) == names
+    assert "6 runs read from the archived" in (tmp_path / "twice" / "report.md").read_text()
+
+
 def test_reproduce_finds_a_run_by_its_identity(sweeps):
     job = {"experiment": "lenet5_mnist", "seed": 1, "quant.bits": 2, "ste": "relu"}
     assert find(sweeps[0], job).path == sweeps[0] / "relu-s1"
