@@ -109,6 +109,24 @@ def test_a_run_reached_twice_counts_once(sweeps, tmp_path):
     assert "6 runs read from the archived" in (tmp_path / "twice" / "report.md").read_text()
 
 
+def test_an_older_runs_csv_groups_with_new_runs_of_the_same_setting(sweeps, tmp_path):
+    """Seed 0 from a runs.csv written before weight quantization existed (its rows rebuild only the protocol's
+    config) and seed 1 from run dirs: one group per STE with n = 2; a key the archive does not record is unknown,
+    not a difference."""
+    sweep, _ = sweeps
+    report([str(sweep), "--out", str(tmp_path / "first")])
+    table = pd.read_csv(tmp_path / "first" / "runs.csv")
+    old = tmp_path / "old" / "runs.csv"
+    old.parent.mkdir()
+    table[table["seed"] == 0].drop(columns=["wquant", "wbits"]).to_csv(old, index=False)
+    new = [str(sweep / f"{ste}-s1") for ste in ("identity", "relu", "clipped_relu")]
+    report([str(old), *new, "--out", str(tmp_path / "both")])
+    text = (tmp_path / "both" / "report.md").read_text()
+    rows = md_table(text, "### lenet5 on mnist, experiment lenet5_mnist: 3 groups, 6 runs")
+    assert {r["group"] for r in rows} == {"ste=identity", "ste=relu", "ste=clipped_relu"}
+    assert all(r["n"] == "2" and r["seeds"] == "0, 1" for r in rows)
+
+
 def test_reproduce_finds_a_run_by_its_identity(sweeps):
     job = {"experiment": "lenet5_mnist", "seed": 1, "quant.bits": 2, "ste": "relu"}
     assert find(sweeps[0], job).path == sweeps[0] / "relu-s1"

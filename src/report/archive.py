@@ -53,13 +53,15 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
         "hold_epochs": row["hold_epochs"],
         "hold_factor": row.get("hold_factor"),
     }  # fmt: skip  (runs.csv files before it had no hold_factor)
+    ste = {"name": row["ste"]} | {k[4:]: row[k] for k in ("ste_eps", "ste_beta", "ste_delta") if row[k]}
     config = {
         "run_name": row["run_name"],
         "seed": row["seed"],
         "tag": row["tag"],
         "model": {"name": row["model"]},
-        "ste": {"name": row["ste"]} | {k[4:]: row[k] for k in ("ste_eps", "ste_beta", "ste_delta") if row[k]},
-        "quant": {"bits": row["bits"], "alpha": row["alpha"], "alpha_mode": row["alpha_mode"]},
+        "ste": ste,
+        "quant": {"bits": row["bits"], "alpha": row["alpha"], "alpha_mode": row["alpha_mode"], "ste": ste},
+        "wquant": {"name": row.get("wquant") or "fp", "bits": row.get("wbits")},  # older files: float weights
         "optimizer": optimizer,
         "scheduler": {k: v for k, v in scheduler.items() if v is not None},
         "trainer": {"max_epochs": row["max_epochs"]},

@@ -86,7 +86,7 @@ def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
     for where in dict.fromkeys(block_of(r) for r in ran):
         mine = [r for r in ran if block_of(r) == where]
         settings = [setting(r) for r in mine]
-        keys = grouping_keys(settings)
+        keys = grouping_keys(settings, [bool(r.provenance.get("archived_from")) for r in mine])
         usual = {k: majority([repr(s.get(k)) for s in settings]) for k in keys}
         by_key = {}
         for run, s in zip(mine, settings, strict=True):
@@ -112,11 +112,15 @@ def block_of(run: Run) -> tuple:
 PREFERRED = ("ste.name", "quant.bits", "wquant.name", "wquant.bits")  # always in a label when they differ
 
 
-def grouping_keys(settings: list[dict]) -> list[str]:
-    """The keys whose values differ between settings; a key that is a copy of a kept one (quant.ste interpolates
-    ste.name: equal values in every setting) is left out. Confounded keys with other values (an lr chosen per STE)
-    both stay, so such groups differ in two keys and are never ordered as if one caused the difference."""
-    differ = {k for s in settings for k in s if len({repr(t.get(k)) for t in settings}) > 1}
+def grouping_keys(settings: list[dict], archived: list[bool] | None = None) -> list[str]:
+    """The keys whose values differ between settings. A key a run's dir does not record is a value (an STE without
+    ε); one an archived run (runs.csv: protocol columns only) does not record is unknown, not a difference. A key
+    that is a copy of a kept one (quant.ste interpolates ste.name: equal values in every setting) is left out.
+    Confounded keys with other values (an lr chosen per STE) both stay, so such groups differ in two keys and are
+    never ordered as if one caused the difference."""
+    archived = archived or [False] * len(settings)
+    known = lambda k: {repr(t.get(k)) for t, a in zip(settings, archived, strict=True) if k in t or not a}  # noqa: E731
+    differ = {k for s in settings for k in s if len(known(k)) > 1}
     order = sorted(
         differ, key=lambda k: (PREFERRED.index(k) if k in PREFERRED else len(PREFERRED), k.count("."), k)
     )
@@ -203,7 +207,7 @@ def table(groups: list[Group]) -> str:
     for g in groups:
         final, best, loss = stat(g, "val_acc"), stat(g, "val_acc_best"), stat(g, "train_loss")
         diverged = sum(r.status == "diverged" for r in g.runs)
-        seeds = ", ".join(str(r["seed"]) for r in g.runs)
+        seeds = ", ".join(str(s) for s in sorted(r["seed"] for r in g.runs))
         rows.append([g.label, str(final.n) + (f" (+{diverged} diverged)" if diverged else ""), seeds,
                      *show(final), show(best)[0], loss_text(loss)])  # fmt: skip
     header = ["group", "n", "seeds", "final top-1 (%)", "95 % CI", "best top-1 (%)", "final train loss"]
