@@ -118,13 +118,19 @@ def test_an_older_runs_csv_groups_with_new_runs_of_the_same_setting(sweeps, tmp_
     table = pd.read_csv(tmp_path / "first" / "runs.csv")
     old = tmp_path / "old" / "runs.csv"
     old.parent.mkdir()
-    table[table["seed"] == 0].drop(columns=["wquant", "wbits"]).to_csv(old, index=False)
+    table[table["seed"] == 0].drop(columns=["wquant", "wbits"]).assign(git_commit="0123abc").to_csv(
+        old, index=False
+    )
     new = [str(sweep / f"{ste}-s1") for ste in ("identity", "relu", "clipped_relu")]
     report([str(old), *new, "--out", str(tmp_path / "both")])
     text = (tmp_path / "both" / "report.md").read_text()
     rows = md_table(text, "### lenet5 on mnist, experiment lenet5_mnist: 3 groups, 6 runs")
     assert {r["group"] for r in rows} == {"ste=identity", "ste=relu", "ste=clipped_relu"}
     assert all(r["n"] == "2" and r["seeds"] == "0, 1" for r in rows)
+    assert (
+        f"3 runs read from the archived `{old}` (their run dirs are gone: final numbers only, no curves): runs made by code `0123abc`,"
+        in text
+    )
 
 
 def test_reproduce_finds_a_run_by_its_identity(sweeps):

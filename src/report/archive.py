@@ -30,10 +30,8 @@ def _value(x):
     return x
 
 
-def archived_commit(csv: Path, table: pd.DataFrame) -> str:
-    """The code that produced the runs: the ``git_commit`` column, else the one commit of the report.md beside."""
-    if "git_commit" in table:
-        return ", ".join(sorted(set(table["git_commit"].dropna().astype(str)))) or "unknown"
+def report_commit(csv: Path) -> str:
+    """The one commit the report.md beside an older runs.csv (no ``git_commit`` column) names, else 'unknown'."""
     report = csv.parent / "report.md"
     found = (
         re.findall(r"Git commit\(s\): `([0-9a-f+dirty]+)`", report.read_text()) if report.is_file() else []
@@ -86,9 +84,9 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
 def archived_runs(csv: Path) -> list[Run]:
     """Every row of an earlier report's runs.csv as a Run (no curves: its run dir is gone)."""
     table = pd.read_csv(csv)
-    commit = archived_commit(csv, table)
     rows = [{k: _value(v) for k, v in r.items()} for r in table.to_dict("records")]
-    return [run_from_row(r, csv, commit) for r in rows]
+    fallback = report_commit(csv) if not all(r.get("git_commit") for r in rows) else None
+    return [run_from_row(r, csv, r.get("git_commit") or fallback) for r in rows]  # each row's own code
 
 
 def scan_all(sources, exclude: Path | None = None) -> tuple[list[Run], list[str]]:

@@ -184,9 +184,12 @@ def archived(runs: list[Run]) -> list[str]:
     the code that made this report."""
     files = Counter(r.provenance["archived_from"] for r in runs if r.provenance.get("archived_from"))
     made = {
-        r.provenance["archived_from"]: r.provenance.get("git_commit")
-        for r in runs
-        if r.provenance.get("archived_from")
+        f: ", ".join(
+            sorted(
+                {str(r.provenance.get("git_commit")) for r in runs if r.provenance.get("archived_from") == f}
+            )
+        )
+        for f in files
     }
     return [
         f"- ⚠ {k} runs read from the archived `{f}` (their run dirs are gone: final numbers only, no curves): runs "
