@@ -14,9 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.report.__main__ import main as report
-from src.report.compare import Group, binomial_se, difference, ordering, stat, t975
+from src.report.compare import Group, binomial_se, difference, grouping_keys, ordering, setting, stat, t975
 from src.reproduce.jobs import find
-from src.runs import SCHEMA, read_json, read_run, write_json
+from src.runs import SCHEMA, Run, read_json, read_run, write_json
 from src.train import build_loggers, finish_wandb, train
 from tests.conftest import REPO
 from tests.runs import FAST, data_overrides, make_cfg
@@ -131,6 +131,19 @@ def test_an_older_runs_csv_groups_with_new_runs_of_the_same_setting(sweeps, tmp_
         f"3 runs read from the archived `{old}` (their run dirs are gone: final numbers only, no curves): runs made by code `0123abc`,"
         in text
     )
+
+
+def test_a_float_run_drops_the_activation_ste_only():
+    """quant.bits null: the activation STE (ste.*, quant.ste.*) means nothing, the weights' STE still does; and a
+    key an archived run does not record is no difference, while one a run dir lacks is."""
+    ident = {"quant.bits": None, "ste.name": "relu", "quant.ste.name": "relu", "wquant.ste": "identity"}
+    assert setting(Run(Path("fp"), {"identity": ident})) == {
+        "quant.bits": None,
+        "wquant.ste": "identity",
+        "init": "scratch",
+    }
+    live, old = {"ste.name": "relu", "ste.eps": 0.1}, {"ste.name": "relu"}
+    assert grouping_keys([live, old], [False, True]) == [] and grouping_keys([live, old]) == ["ste.eps"]
 
 
 def test_reproduce_finds_a_run_by_its_identity(sweeps):

@@ -38,8 +38,10 @@ def setting(run: Run) -> dict:
     run (quant.bits null) has no STE, whatever the ste group says."""
     fp = run.identity.get("quant.bits", run["bits"]) is None
     ident = {
-        k: v for k, v in run.identity.items() if k not in SEED_KEYS and not (fp and "ste" in k.split(".")[:2])
-    }
+        k: v
+        for k, v in run.identity.items()
+        if k not in SEED_KEYS and not (fp and k.startswith(("ste.", "quant.ste.")))
+    }  # the weights' STE (wquant.ste) stays: float activations need not mean float weights
     return ident | {"init": "checkpoint" if run.identity.get("init.checkpoint") else "scratch"}
 
 
