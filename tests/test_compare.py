@@ -93,6 +93,7 @@ def test_runs_csv_has_the_start_time_of_every_run(sweeps, tmp_path):
     assert len(table) == 6 and all(pd.to_datetime(table["started"]).dt.year >= 2025)
 
 
+@pytest.mark.slow
 def test_a_run_reached_twice_counts_once(sweeps, tmp_path):
     """Overlapping folders, or a runs.csv beside the run dirs it archived plus one new run (how a published result
     gets more seeds): each run is one row, and the run dir (with curves) wins over its archived row."""
@@ -109,6 +110,7 @@ def test_a_run_reached_twice_counts_once(sweeps, tmp_path):
     assert "6 runs read from the archived" in (tmp_path / "twice" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_an_older_runs_csv_groups_with_new_runs_of_the_same_setting(sweeps, tmp_path):
     """Seed 0 from a runs.csv written before weight quantization existed (its rows rebuild only the protocol's
     config) and seed 1 from run dirs: one group per STE with n = 2; a key the archive does not record is unknown,
