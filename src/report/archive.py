@@ -104,14 +104,12 @@ def scan_all(sources, exclude: Path | None = None) -> tuple[list[Run], list[str]
 def unique(runs: list[Run]) -> list[Run]:
     """Each run once, however many sources reach it: a run dir under two of the folders given, or a run dir and its
     row in an earlier runs.csv (same run name and start time), which keeps the run dir (it has the curves)."""
-    live = [r for r in runs if not r.provenance.get("archived_from")]
-    started = {(r["run_name"], r.started) for r in live if r.started}
+    live = {(r["run_name"], r.started) for r in runs if not r.archived_from and r.started}
     seen, out = set(), []
     for run in runs:
-        archived = bool(run.provenance.get("archived_from"))
-        if archived and (run["run_name"], run.started) in started:
+        if run.archived_from and (run["run_name"], run.started) in live:
             continue
-        key = (run["run_name"], run.started, str(run.path)) if archived else run.path.resolve()
+        key = (run["run_name"], run.started, str(run.path)) if run.archived_from else run.path.resolve()
         if key not in seen:
             seen.add(key)
             out.append(run)

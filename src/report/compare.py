@@ -88,7 +88,7 @@ def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
     for where in dict.fromkeys(block_of(r) for r in ran):
         mine = [r for r in ran if block_of(r) == where]
         settings = [setting(r) for r in mine]
-        keys = grouping_keys(settings, [bool(r.provenance.get("archived_from")) for r in mine])
+        keys = grouping_keys(settings, [bool(r.archived_from) for r in mine])
         usual = {k: majority([repr(s.get(k)) for s in settings]) for k in keys}
         by_key = {}
         for run, s in zip(mine, settings, strict=True):

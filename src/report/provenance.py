@@ -143,13 +143,9 @@ def wall_times(runs: list[Run], pipeline: dict) -> list[str]:
         return lines + ["- No pipeline.json: no per-stage wall times."]
     # every attempt a skip: the stage's runs were found done, i.e. trained outside this record (by hand, or by a
     # pipeline.json since replaced); their time is in the runs' sum above, not in the stage's 0
+    found = "found done (trained outside this record)"
     rows = [
-        [
-            s,
-            hours(v.get("wall_time_s") or 0),
-            "found done (trained outside this record)" if v.get("skipped") else "ran",
-        ]
-        for s, v in stages.items()
+        [s, hours(v.get("wall_time_s") or 0), found if v.get("skipped") else "ran"] for s, v in stages.items()
     ]
     total = hours(sum(v.get("wall_time_s") or 0 for v in stages.values()))
     return lines + [
@@ -182,18 +178,13 @@ def resumed(runs: list[Run]) -> list[str]:
 def archived(runs: list[Run]) -> list[str]:
     """Bullets: runs read from an earlier report's runs.csv (their dirs gone), with the code that made them and
     the code that made this report."""
-    files = Counter(r.provenance["archived_from"] for r in runs if r.provenance.get("archived_from"))
-    made = {
-        f: ", ".join(
-            sorted(
-                {str(r.provenance.get("git_commit")) for r in runs if r.provenance.get("archived_from") == f}
-            )
-        )
-        for f in files
-    }
+    files, made = Counter(r.archived_from for r in runs if r.archived_from), defaultdict(set)
+    for run in runs:
+        if run.archived_from:
+            made[run.archived_from].add(str(run.provenance.get("git_commit")))
     return [
         f"- ⚠ {k} runs read from the archived `{f}` (their run dirs are gone: final numbers only, no curves): runs "
-        f"made by code `{made[f]}`, this report by code `{git_commit()}`"
+        f"made by code `{', '.join(sorted(made[f]))}`, this report by code `{git_commit()}`"
         for f, k in files.items()
     ]
 

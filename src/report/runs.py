@@ -23,6 +23,11 @@ class Run(record.Run):
     """A run as the report sorts it: src/runs' record plus its report section (``kind``) and W×A label."""
 
     @property
+    def archived_from(self) -> str | None:
+        """The earlier report's runs.csv this run was read from (its run dir is gone); None for a run dir."""
+        return self.provenance.get("archived_from")
+
+    @property
     def kind(self) -> str:
         """Which report section the run belongs to: two_layer, fig2, fig4, tune, tuned, wxa, fp or table1.
 

@@ -139,7 +139,7 @@ def what_ran(runs: list[Run]) -> tuple[str, int | None]:
 
 def start_line(label: str, run: Run, runs: list[Run]) -> str:
     """'- from_relu: from `<run>`, val top-1 … over its last 3 epochs: plateaued (…)'."""
-    if run.provenance.get("archived_from"):
+    if run.archived_from:
         return f"- {label}: the starting run's curve is not kept (archived runs)\n"
     parent = parent_run(run, runs)
     return f"- {label}: from `{parent.path.name if parent else '—'}`, {plateau(parent)}\n"

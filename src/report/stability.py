@@ -25,7 +25,7 @@ def gradients_file(run: Run, own: bool = False) -> Path | None:
     """gradients.json of the run's starting point (``own``: of the run itself): in the dir of the run whose
     checkpoint it started from (<run dir>/checkpoints/<file>.ckpt) or its own dir, else the copy an earlier report
     kept beside its runs.csv."""
-    init, archived = run["init_checkpoint"], run.provenance.get("archived_from")
+    init, archived = run["init_checkpoint"], run.archived_from
     if own:
         candidates = [run.path / "gradients.json"]
     else:
