@@ -1,5 +1,6 @@
-"""The CPU profiles behind the published results (conf_tools/pipeline/cifar_cpu.yaml, mnist_paper.yaml): every job the
-pipeline would launch composes, and its config follows the profile (epochs, subsets, schedules, init)."""
+"""The CPU profiles behind the published results (conf_tools/pipeline/cifar_cpu.yaml, instability_cpu.yaml,
+mnist_paper.yaml): every job the pipeline would launch composes, and its config follows the profile (epochs, subsets,
+schedules, init)."""
 
 import itertools
 from pathlib import Path
@@ -50,34 +51,27 @@ def composed(job: list[str], tmp_path: Path):
 
 
 def test_cifar_cpu_runs_follow_the_profile(tmp_path, monkeypatch):
+    """Table 1's ResNet-20 row: 8 FP epochs, then every STE × bit width for 3 epochs, on the full test set."""
     jobs = planned_jobs("cifar_cpu", tmp_path, monkeypatch)
-    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 6, "fig2": 2, "fig4": 1}
+    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 6}
     for stage, stage_jobs in jobs.items():
         for job in stage_jobs:
             cfg = composed(job, tmp_path)
             assert (
                 cfg.model.name == "resnet20"
                 and cfg.data.train_subset == 20000
-                and cfg.data.val_subset == 2000
+                and cfg.data.val_subset is None
             )
             assert cfg.trainer.accelerator == "cpu" and cfg.seed == 0
-            want = {"pretrain": 10, "table1": 5, "fig2": 4, "fig4": 4}[stage]
-            assert cfg.trainer.max_epochs == want, stage
+            assert cfg.trainer.max_epochs == {"pretrain": 8, "table1": 3}[stage]
             assert (cfg.init.checkpoint is None) == (stage == "pretrain")
     fp = composed(jobs["pretrain"][0], tmp_path)
-    assert fp.quant.bits is None and fp.optimizer.lr == 0.1 and list(fp.scheduler.milestones) == [7]
+    assert fp.quant.bits is None and fp.optimizer.lr == 0.1 and list(fp.scheduler.milestones) == [6]
     table1 = [composed(j, tmp_path) for j in jobs["table1"]]
     assert {(c.ste.name, c.quant.bits) for c in table1} == {
         (s, b) for s in ("identity", "relu", "clipped_relu") for b in (2, 4)
     }
-    assert all(c.optimizer.lr == 0.01 and list(c.scheduler.milestones) == [3] for c in table1)
-    fig2 = [composed(j, tmp_path) for j in jobs["fig2"]]
-    assert {c.tag for c in fig2} == {"from_relu", "from_clipped_relu"}
-    assert all(c.ste.name == "identity" and c.quant.bits == 4 and c.scheduler.hold_epochs == 2 for c in fig2)
-    assert all(c.optimizer.lr * c.scheduler.hold_factor == pytest.approx(1e-5) for c in fig2)
-    fig4 = composed(jobs["fig4"][0], tmp_path)
-    assert fig4.ste.name == "relu" and fig4.quant.bits == 2 and fig4.optimizer.lr == 1e-5
-    assert fig4.scheduler._target_.endswith("ConstantLR") and fig4.scheduler.factor == 1.0
+    assert all(c.optimizer.lr == 0.01 and list(c.scheduler.milestones) == [2] for c in table1)
 
 
 def test_mnist_paper_runs_follow_table2(tmp_path, monkeypatch):
@@ -92,29 +86,32 @@ def test_mnist_paper_runs_follow_table2(tmp_path, monkeypatch):
 
 
 def test_instability_cpu_holds_lr_1e5_from_its_minima(tmp_path, monkeypatch):
-    """Figure 2: 4,082 steps of the identity STE at lr 1e-5 (the paper's collapse takes ≈3,900) from the 4-bit
-    clipped-ReLU minimum, no switch; Figure 4 (1,884 steps) from the 2-bit one; the full test set; src.gradients
-    at each minimum."""
+    """cifar_cpu's runs are the minima; Figure 2: 4,082 steps of the identity STE at lr 1e-5 (the paper's collapse
+    takes ≈3,900) from the 4-bit relu and clipped-ReLU minima, no switch; Figure 4 (1,884 steps) from the 2-bit
+    clipped-ReLU one; src.gradients at each minimum."""
     from src.reproduce import stages
 
     tools: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(stages, "run_tool", lambda where, module, args: tools.append((module, args)))
     jobs = planned_jobs("instability_cpu", tmp_path, monkeypatch)
-    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 2, "fig2": 1, "fig4": 1}
+    assert {k: len(v) for k, v in jobs.items()} == {"pretrain": 1, "table1": 6, "fig2": 2, "fig4": 1}
+    cifar_cpu = planned_jobs("cifar_cpu", tmp_path / "cifar_cpu", monkeypatch)
+    no_init = lambda js: [[a for a in j if not a.startswith("init.checkpoint=")] for j in js]  # noqa: E731
+    assert all(no_init(jobs[stage]) == no_init(cifar_cpu[stage]) for stage in ("pretrain", "table1"))
     configs = {stage: [composed(j, tmp_path) for j in js] for stage, js in jobs.items()}
     for cfg in itertools.chain(*configs.values()):
         assert cfg.data.train_subset == 20000 and cfg.data.val_subset is None and cfg.model.name == "resnet20"
-    assert {(c.ste.name, c.quant.bits, c.trainer.max_epochs) for c in configs["table1"]} == {
-        ("clipped_relu", 2, 3),
-        ("clipped_relu", 4, 3),
-    }
-    (fig2,), (fig4,) = configs["fig2"], configs["fig4"]
-    steps_per_epoch = -(-20000 // fig2.data.batch_size)  # 157 full-size steps of batch 128
-    assert fig2.tag == "from_clipped_relu" and fig2.ste.name == "identity" and fig2.quant.bits == 4
-    assert fig2.scheduler.hold_epochs == fig2.trainer.max_epochs  # held at 1e-5 to the end: no switch to 0.01
-    assert fig2.optimizer.lr * fig2.scheduler.hold_factor == pytest.approx(1e-5)
-    assert fig2.trainer.max_epochs * steps_per_epoch == 4082  # the profile's header states this count
+    (fig4,) = configs["fig4"]
+    steps_per_epoch = -(-20000 // fig4.data.batch_size)  # 157 full-size steps of batch 128
+    assert {c.tag for c in configs["fig2"]} == {"from_relu", "from_clipped_relu"}
+    for fig2 in configs["fig2"]:
+        assert fig2.ste.name == "identity" and fig2.quant.bits == 4
+        assert (
+            fig2.scheduler.hold_epochs == fig2.trainer.max_epochs
+        )  # held at 1e-5 to the end: no switch to 0.01
+        assert fig2.optimizer.lr * fig2.scheduler.hold_factor == pytest.approx(1e-5)
+        assert fig2.trainer.max_epochs * steps_per_epoch == 4082  # the profile's header states this count
     assert fig4.ste.name == "relu" and fig4.quant.bits == 2 and fig4.optimizer.lr == pytest.approx(1e-5)
     assert fig4.trainer.max_epochs * steps_per_epoch == 1884  # 8 % of the paper's ≈23,500 steps
-    assert sorted(m for m, _ in tools) == ["src.gradients"] * 2  # one per Table-1 minimum
+    assert sorted(m for m, _ in tools) == ["src.gradients"] * 6  # one per Table-1 minimum
     assert all("--subset=2000" in args and args[0].startswith(str(tmp_path / "table1")) for _, args in tools)

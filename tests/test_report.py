@@ -393,6 +393,7 @@ def test_sections_without_runs_are_one_line(tmp_path: Path):
     assert "No tuning studies (tuning.json) or tuned runs.\n" in text
     assert "No STE diagnostics in the runs' metrics.csv (diag/, disagree/ or descent/ columns).\n" in text
     assert "## Inside the STE" not in text and "## Weights" not in text and "## Paper schedule" not in text
+    assert "\n\n\n" not in text  # an empty section leaves no doubled blank line
     assert section(text, "## Two-layer model") == [
         "No theory outputs (figure1.png, cgd_*.png, certificate.md) found.",
         "No two-layer runs found.",

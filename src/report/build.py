@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -198,5 +199,5 @@ def build_report(roots, out: Path | None = None, profile: str | None = None) -> 
         provenance_section(runs, pipeline, profile, problems),
     ]
     path = out / "report.md"
-    path.write_text("\n".join(sections))
+    path.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(sections)))  # an empty section leaves no gap
     return path
