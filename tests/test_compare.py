@@ -218,12 +218,27 @@ def test_paired_ordering_and_not_resolved():
 
 
 def test_unpaired_groups_get_welchs_interval():
-    a, b = group("a", {0: 90.0, 1: 92.0}), group("b", {5: 80.0})
-    d = difference(a, b)
-    var = 2.0 / 2 + (100 * math.sqrt(0.8 * 0.2 / 10000)) ** 2  # s²/n + binomial SE²
-    df = var**2 / ((2.0 / 2) ** 2 / 1)  # Welch–Satterthwaite: the binomial side has infinite df
-    assert d.how == "Welch" and d.mean == pytest.approx(11.0)
+    a, b = group("a", {0: 90.0, 1: 92.0}), group("b", {5: 80.0}, examples=None)
+    d = difference(a, b)  # b has no test-set size: its variance is a's seed variance s² = 2.0 (1 df)
+    var = 2.0 / 2 + 2.0  # s²/n + s²
+    df = var**2 / ((2.0 / 2) ** 2 / 1 + 2.0**2 / 1)  # Welch–Satterthwaite
+    assert d.how.startswith("Welch, the single run") and d.mean == pytest.approx(11.0)
     assert d.half == pytest.approx(t975(df) * math.sqrt(var))
+
+
+def test_a_single_run_takes_the_larger_of_its_binomial_and_the_other_groups_seed_variance():
+    binomial = (100 * math.sqrt(0.8 * 0.2 / 10000)) ** 2  # 0.16: one run at 80 % on 10,000 test images
+    tight = group("a", {0: 90.0, 1: 90.2, 2: 90.4})  # seed variance 0.04 < 0.16: the binomial stays
+    d = difference(tight, group("b", {5: 80.0}))
+    var = 0.04 / 3 + binomial
+    assert d.how == "Welch" and d.half == pytest.approx(t975(var**2 / ((0.04 / 3) ** 2 / 2)) * math.sqrt(var))
+    wide = group("a", {0: 90.0, 1: 92.0, 2: 94.0})  # seed variance 4.0 > 0.16: one seed of it is as uncertain
+    d = difference(wide, group("b", {5: 80.0}))
+    var = 4.0 / 3 + 4.0
+    assert d.how.startswith("Welch, the single run")
+    assert d.half == pytest.approx(t975(var**2 / ((4.0 / 3) ** 2 / 2 + 4.0**2 / 2)) * math.sqrt(var))
+    one, other = group("a", {0: 90.0}), group("b", {1: 80.0})  # two single runs: binomial both sides
+    assert difference(one, other).how == "Welch"
 
 
 # ---- bad run files: one line each, the other runs still reported ------------------------------------------------

@@ -228,7 +228,7 @@ class Difference:
 
 
 def difference(a: Group, b: Group, metric: str = "val_acc") -> Difference | None:
-    """a − b: paired over shared seeds (≥ 2), else Welch's interval (a one-run side uses its binomial SE)."""
+    """a − b: paired over shared seeds (≥ 2), else Welch's interval (a one-run side: see ``welch_term``)."""
     va, vb = dict(a.finished(metric)), dict(b.finished(metric))
     if not va or not vb:
         return None
@@ -239,13 +239,26 @@ def difference(a: Group, b: Group, metric: str = "val_acc") -> Difference | None
         half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
         return Difference(statistics.fmean(d), half, wins, len(shared), "paired")
     sa, sb = stat(a, metric), stat(b, metric)
-    var = [(s.std**2 / s.n) if s.n > 1 else ((s.half / 1.96) ** 2 if s.half else None) for s in (sa, sb)]
-    if None in var:
+    terms = [welch_term(sa, sb), welch_term(sb, sa)]
+    if None in terms:
         return Difference(sa.mean - sb.mean, None, wins, len(shared), "no interval")
-    # Welch–Satterthwaite degrees of freedom; a one-run side (binomial SE) has infinitely many
-    tail = sum(v**2 / (s.n - 1) for v, s in zip(var, (sa, sb), strict=True) if s.n > 1)
-    df = sum(var) ** 2 / tail if tail else math.inf
-    return Difference(sa.mean - sb.mean, t975(df) * math.sqrt(sum(var)), wins, len(shared), "Welch")
+    var = sum(v for v, _, _ in terms)
+    tail = sum(v**2 / df for v, df, _ in terms if df < math.inf)  # Welch–Satterthwaite
+    df = var**2 / tail if tail else math.inf
+    how = "Welch, the single run given the other group's seed spread" if any(t[2] for t in terms) else "Welch"
+    return Difference(sa.mean - sb.mean, t975(df) * math.sqrt(var), wins, len(shared), how)
+
+
+def welch_term(s: Stat, other: Stat) -> tuple[float, float, bool] | None:
+    """One side's variance of its mean, its degrees of freedom, and whether it was borrowed. A single run is at
+    least as uncertain as one seed of a repeated group, so it takes the larger of its binomial variance (test-set
+    size, infinite df) and the other side's seed variance s² (n − 1 df): the binomial alone leaves seed noise out."""
+    if s.n > 1:
+        return s.std**2 / s.n, s.n - 1, False
+    binomial = (s.half / 1.96) ** 2 if s.half else None
+    if other.n > 1 and (binomial is None or other.std**2 > binomial):
+        return other.std**2, other.n - 1, True
+    return None if binomial is None else (binomial, math.inf, False)
 
 
 def winner(a: Group, b: Group) -> Group | None:
@@ -337,6 +350,7 @@ GUIDE = (
     "repeats of one group, one per seed; a repeated seed counts once, its newest run). Final and best top-1 and the "
     "final train loss are mean ± sample std over the finished runs; the 95 % CI is Student's t over seeds, or, for "
     "a single run, the binomial interval of its test accuracy (√(p(1−p)/N), N test images), labelled as such. "
-    "Orderings compare groups that differ in one key: paired over shared seeds, else Welch's interval; “not "
-    "resolved” when the interval contains 0.\n"
+    "Orderings compare groups that differ in one key: paired over shared seeds, else Welch's interval, where a "
+    "single run against a repeated group takes the larger of its binomial variance and that group's seed variance "
+    "(one run is at least as uncertain as one seed); “not resolved” when the interval contains 0.\n"
 )
