@@ -14,7 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.report.__main__ import main as report
-from src.report.compare import Group, binomial_se, difference, grouping_keys, ordering, setting, stat, t975
+from src.report.compare import Group, grouping_keys, ordering, setting
+from src.report.stats import binomial_se, difference, stat, t975
 from src.reproduce.jobs import find
 from src.runs import SCHEMA, Run, read_json, read_run, write_json
 from src.train import build_loggers, finish_wandb, train

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.report.compare import Group, newest_per_seed, ordering, winner
+from src.report.compare import Group, newest_per_seed, ordering
 from src.report.provenance import counted, hours
+from src.report.stats import winner
 from src.report.table1 import Cell, cells, fmt, fmt_cell, md_table, row_label, ste_column, ste_order
 from src.runs import RunFileError, read_tuning
 
@@ -225,7 +226,7 @@ def arm_groups(runs: pd.DataFrame, where: tuple) -> list[Group]:
 
 
 def resolved(a: Group, b: Group) -> str:
-    """'a > b', 'b > a' or 'unresolved' (src.report.compare.winner)."""
+    """'a > b', 'b > a' or 'unresolved' (src.report.stats.winner)."""
     top = winner(a, b)
     return "unresolved" if top is None else f"{top.label} > {(b if top is a else a).label}"
 
