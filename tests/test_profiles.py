@@ -10,19 +10,28 @@ import pytest
 from src.reproduce import jobs
 from src.reproduce.profile import load_profile
 from src.reproduce.stages import Pipeline
+from src.runs import read_run
 from tests.runs import job_run, make_cfg
 
 
-def planned_jobs(profile: str, tmp_path: Path, monkeypatch) -> dict[str, list[list[str]]]:
+def planned_jobs(profile: str, tmp_path: Path, monkeypatch, curves=None) -> dict[str, list[list[str]]]:
     """Per stage, the src.train override lists the pipeline launches (sweeps expanded), launching nothing.
 
-    Each launched job is recorded as finished (summary.json), so later stages find their checkpoints."""
+    Each launched job is recorded as finished (summary.json), so later stages find their checkpoints; a Table-1 job
+    named in ``curves`` ({(ste, bits): val top-1 % per epoch}) also gets that metrics.csv, on 10,000 test images."""
     launched: dict[str, list[list[str]]] = {}
 
     def fake_run(stage_dir: Path, args: list[str], launcher) -> None:
         for job in expand(args):
             launched.setdefault(stage_dir.name, []).append(job)
-            write_summary(stage_dir, dict(a.split("=", 1) for a in job))
+            job = dict(a.split("=", 1) for a in job)
+            curve = (curves or {}).get((job.get("ste"), int(job.get("quant.bits", 0))))
+            if stage_dir.name != "table1" or curve is None:
+                write_summary(stage_dir, job)
+                continue
+            run = job_run(stage_dir / f"run{len(list(stage_dir.glob('*')))}", job, val_examples=10000)
+            rows = [f"{epoch},{acc}" for epoch, acc in enumerate(curve, start=1)]
+            (run / "metrics.csv").write_text("epoch,val/acc\n" + "\n".join(rows) + "\n")
 
     monkeypatch.setattr(jobs, "run_hydra", fake_run)
     p = load_profile(profile) | {"name": profile}
@@ -115,3 +124,31 @@ def test_instability_cpu_holds_lr_1e5_from_its_minima(tmp_path, monkeypatch):
     assert fig4.trainer.max_epochs * steps_per_epoch == 1884  # 8 % of the paper's ≈23,500 steps
     assert sorted(m for m, _ in tools) == ["src.gradients"] * 6  # one per Table-1 minimum
     assert all("--subset=2000" in args and args[0].startswith(str(tmp_path / "table1")) for _, args in tools)
+
+
+def test_a_figure_start_still_moving_is_settled_first(tmp_path, monkeypatch):
+    """instability_cpu's settle stage: a Table-1 minimum whose last epoch moved val top-1 beyond the 95 % CI on
+    10,000 images (relu 4-bit 52.74 → 66.00, clipped_relu 2-bit 58.05 → 59.57 vs ±1.36) trains on for 3 epochs at
+    Table 1's final lr 0.001, and its figure starts from that run; a plateaued one (clipped_relu 4-bit
+    68.17 → 68.98, inside ±1.29) is the start as it is. Gradients are taken at the settled minima too."""
+    from src.reproduce import stages
+
+    tools: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(stages, "run_tool", lambda where, module, args: tools.append((module, args)))
+    curves = {("relu", 4): [62.02, 52.74, 66.00], ("clipped_relu", 4): [65.03, 68.17, 68.98],
+              ("clipped_relu", 2): [52.70, 58.05, 59.57], ("identity", 4): [30.0, 20.0, 34.5]}  # fmt: skip
+    jobs = planned_jobs("instability_cpu", tmp_path, monkeypatch, curves)
+    settle = {(c.ste.name, c.quant.bits): c for c in (composed(j, tmp_path) for j in jobs["settle"])}
+    assert sorted(settle) == [
+        ("clipped_relu", 2),
+        ("relu", 4),
+    ]  # identity moves too, but no figure starts there
+    for (ste, bits), cfg in settle.items():
+        assert cfg.tag == "settled" and cfg.trainer.max_epochs == 3 and cfg.optimizer.lr == 0.001
+        assert "ConstantLR" in cfg.scheduler._target_ and cfg.data.train_subset == 20000
+        start = read_run(Path(cfg.init.checkpoint).parent.parent)  # the Table-1 run it continues
+        assert start.path.parent.name == "table1" and (start["ste"], start["bits"]) == (ste, bits)
+    fig2 = {composed(j, tmp_path).tag: composed(j, tmp_path).init.checkpoint for j in jobs["fig2"]}
+    (fig4,) = [composed(j, tmp_path).init.checkpoint for j in jobs["fig4"]]
+    assert "/settle/" in fig2["from_relu"] and "/table1/" in fig2["from_clipped_relu"] and "/settle/" in fig4
+    assert sum("/settle/" in args[0] for _, args in tools) == 2  # src.gradients at both settled minima

@@ -123,3 +123,28 @@ def test_ci_band_is_each_points_binomial_interval():
     assert lows[1] == pytest.approx(89.412, abs=1e-3) and highs[1] == pytest.approx(90.588, abs=1e-3)
     assert ax.collections[1].get_label() == "95 % CI (10,000 test images)"
     plt.close(fig)
+
+
+def test_a_settled_start_is_named_with_the_run_it_continues_and_stays_out_of_table_1(tmp_path):
+    """relu's 4-bit minimum moved +3.0 pt in its last epoch, so the settle stage trained it on (3 epochs at lr
+    0.001, <root>/settle/) and Figure 2 started from there: the start line names both runs and judges the settled
+    curve; Table 1 and the comparison keep one relu 4-bit run."""
+    root = tmp_path / "runs"
+    moving = write_run(root / "table1", "relu4", ste="relu", curve=[(0.4, 82.0), (0.3, 85.0)], val_acc=85.0,
+                       **RESNET4)  # fmt: skip
+    settled = write_run(root / "settle", "relu4-settled", ste="relu", tag="settled",
+                        curve=[(0.3, 85.2), (0.29, 85.6), (0.29, 85.5)], val_acc=85.5, epochs=3, max_epochs=3,
+                        init_checkpoint=str(moving / "checkpoints" / "last.ckpt"), config={"optimizer": {"lr": 0.001}},
+                        **RESNET4)  # fmt: skip
+    write_run(root / "fig2", "f2-relu", curve=[(0.5, 80.0)], experiment="fig2_identity_repelled", tag="from_relu",
+              ste="identity", init_checkpoint=str(settled / "checkpoints" / "last.ckpt"), train_loss=0.5,
+              val_acc=80.0, epochs=1, max_epochs=1, **RESNET4)  # fmt: skip
+    text = build_report(root, tmp_path / "out").read_text()
+    line = starts(text)["from_relu"]
+    assert line.startswith(
+        "from `relu4-settled` (`relu4` was still moving, so it was trained on for 3 epochs at lr 0.001), "
+        "val top-1 85.20, 85.60, 85.50 % over its last 3 epochs: plateaued (last change -0.10"
+    ), line
+    section = lambda heading: text.split(heading, 1)[1].split("\n## ", 1)[0]  # noqa: E731
+    assert "85.00" in section("## Table 1") and "85.50" not in section("## Table 1")
+    assert "relu4-settled" not in section("## Comparison") and "85.50" not in section("## Comparison")

@@ -14,6 +14,7 @@ KINDS = {
     "table1": "Table 1",
     "fig2": "Figure 2",
     "fig4": "Figure 4",
+    "settle": "minima trained on",
     "two_layer": "two-layer",
     "wxa": "weights × activations",
     "tune": "tuning trials",

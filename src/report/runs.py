@@ -13,8 +13,9 @@ from src.runs import record
 # The experiment names the pipeline gives the instability runs (conf/experiment/*.yaml)
 FIG2, FIG4 = "fig2_identity_repelled", "fig4_relu_2bit"
 # Stage dirs (<root>/<stage>/...) whose runs have their own section and never enter Table 1: tuning trials
-# (<root>/tune/<ste>-<bits>bit/<run>), the tuned retrainings and the weights × activations sweep.
-TUNE, TUNED, WXA = "tune", "tuned", "wxa"
+# (<root>/tune/<ste>-<bits>bit/<run>), the tuned retrainings, the weights × activations sweep and the Table-1 minima
+# trained on until they plateau before Figures 2 and 4 start from them (<root>/settle/<run>).
+TUNE, TUNED, WXA, SETTLE, SETTLED = "tune", "tuned", "wxa", "settle", "settled"  # stage dirs; tags
 FLOAT_WEIGHTS = (None, "fp")  # wquant.name of the paper's runs (float weights): absent or fp
 
 
@@ -29,15 +30,18 @@ class Run(record.Run):
 
     @property
     def kind(self) -> str:
-        """Which report section the run belongs to: two_layer, fig2, fig4, tune, tuned, wxa, fp or table1.
+        """Which report section the run belongs to: two_layer, fig2, fig4, settle, tune, tuned, wxa, fp or table1.
 
-        From summary fields, the weight quantizer and the stage dir; float-weight runs outside the tune, tuned
-        and wxa stage dirs are sorted as before weights could be quantized.
+        From summary fields, the weight quantizer and the stage dir; float-weight runs outside the tune, tuned,
+        wxa and settle stage dirs are sorted as before weights could be quantized. A settle run shows only as
+        the start of a figure run.
         """
         if self["model"] == "two_layer" or self["data"] == "gaussian":
             return "two_layer"
         if self["experiment"] in (FIG2, FIG4):
             return "fig2" if self["experiment"] == FIG2 else "fig4"
+        if SETTLE in self.stage or self["tag"] == SETTLED:
+            return "settle"
         if TUNE in self.stage:
             return "tune"
         if TUNED in self.stage or self["tag"] == TUNED:

@@ -142,7 +142,14 @@ def start_line(label: str, run: Run, runs: list[Run]) -> str:
     if run.archived_from:
         return f"- {label}: the starting run's curve is not kept (archived runs)\n"
     parent = parent_run(run, runs)
-    return f"- {label}: from `{parent.path.name if parent else '—'}`, {plateau(parent)}\n"
+    origin = parent_run(parent, runs) if parent is not None and parent.kind == "settle" else None
+    settled = (
+        f" (`{origin.path.name}` was still moving, so it was trained on for {parent['epochs']} epochs at lr "
+        f"{(parent.config.get('optimizer') or {}).get('lr')})"
+        if origin
+        else ""
+    )
+    return f"- {label}: from `{parent.path.name if parent else '—'}`{settled}, {plateau(parent)}\n"
 
 
 def band(n: int | None) -> str:

@@ -108,24 +108,39 @@ def gradient_table(labelled: list[tuple[str, Run]], out: Path, own: bool = False
     )
 
 
+def last_change(run) -> tuple[pd.Series, float, float] | None:
+    """A run's val top-1 per epoch (%, epochs ≥ 1), its last change and that change's 95 % CI half-width, in points
+    (binomial on both epochs' accuracies over the run's val_examples test images); None when too short to judge."""
+    curve = read_curves(run)
+    acc = curve["val/acc"].dropna() if "val/acc" in curve else pd.Series(dtype=float)
+    acc = acc[acc.index > 0]
+    n = run["val_examples"]
+    if len(acc) < 2 or not n:
+        return None
+    a0, a1 = acc.iloc[-2] / 100, acc.iloc[-1] / 100
+    return acc, (a1 - a0) * 100, 196 * math.sqrt(a0 * (1 - a0) / n + a1 * (1 - a1) / n)
+
+
+def still_moving(run) -> bool:
+    """Whether a run's last epoch changed its val top-1 by more than the 95 % CI: not a minimum yet (the settle
+    stage of src.reproduce trains such a start on before Figures 2 and 4 start from it)."""
+    test = last_change(run)
+    return test is not None and abs(test[1]) > test[2]
+
+
 def plateau(parent: Run | None) -> str:
     """'val top-1 71.2, 71.6, 71.5 % over its last 3 epochs: plateaued (last change −0.10 ± 1.25 pt, 95 % CI)'."""
     if parent is None:
         return "its run is not among the runs read"
-    curve = read_curves(parent)
-    acc = curve["val/acc"].dropna() if "val/acc" in curve else pd.Series(dtype=float)
-    acc = acc[acc.index > 0]
-    n = parent["val_examples"]
-    if len(acc) < 2 or not n:
+    test = last_change(parent)
+    if test is None:
         return "its curve is not kept (archived run) or too short to judge"
-    a0, a1 = acc.iloc[-2] / 100, acc.iloc[-1] / 100
-    half = 196 * math.sqrt(a0 * (1 - a0) / n + a1 * (1 - a1) / n)
-    change = (a1 - a0) * 100
+    acc, change, half = test
     state = "plateaued" if abs(change) <= half else "still moving"
     last = ", ".join(f"{a:.2f}" for a in acc.iloc[-3:])
     return (
         f"val top-1 {last} % over its last {min(3, len(acc))} epochs: {state} "
-        f"(last change {change:+.2f} ± {half:.2f} pt, 95 % CI from {n:,} test images)"
+        f"(last change {change:+.2f} ± {half:.2f} pt, 95 % CI from {parent['val_examples']:,} test images)"
     )
 
 

@@ -26,7 +26,7 @@ DEEP = {
     "resnet20",
 }  # the paper's ordering claim is for the deeper nets (Yin et al. 2019, §1.2, §4.1)
 METRIC_INDEX = {"train_loss": 0, "val_acc": 1}  # position in TABLE1's pairs
-SIDE_KINDS = ("tune", "tuned", "wxa")  # Run.kind of runs with their own section, never in Table 1
+SIDE_KINDS = ("tune", "tuned", "wxa", "settle")  # Run.kind of runs with their own section, never in Table 1
 Key = tuple  # (data, model, bits) then the row's non-default variant knobs, e.g. ("cifar10", "vgg11", 2, "pact")
 
 

@@ -7,7 +7,9 @@ from itertools import product
 from pathlib import Path
 
 from src.report import build_report
-from src.reproduce.jobs import Job, checkpoint_of, launch, run_tool
+from src.report.runs import SETTLE, SETTLED
+from src.report.stability import still_moving
+from src.reproduce.jobs import Job, checkpoint_of, find, launch, run_tool
 from src.runs import read_run, read_tuning
 from src.theory import certificate_table
 from src.theory.figures import write_figures
@@ -22,7 +24,7 @@ class Pipeline:
     def overrides(self, stage: str, images: bool = True) -> list[str]:
         """Profile overrides for a stage's runs; ``extra`` (command line) only for MNIST/CIFAR runs."""
         o = self.p["overrides"]
-        return o["all"] + (o["images"] + o[stage] + self.extra if images else o[stage])
+        return o["all"] + (o["images"] + o.get(stage, []) + self.extra if images else o.get(stage, []))
 
     def run(
         self, stage: str, jobs: list[Job], sweep: tuple[str, ...], images=True, where: str | None = None
@@ -52,31 +54,59 @@ class Pipeline:
                 ]
         return self.run("table1", jobs, sweep=("ste", "quant.bits"))
 
-    def from_table1(self, stage: str, experiment: str, ste: str, bits: int, sources: list[str]) -> bool:
-        """Continue from 4-bit (Figure 2) or 2-bit (Figure 4) ResNet-20 minima of Table 1, first seed."""
-        seed, jobs = self.p["seeds"][0], []
+    def figure_starts(self) -> dict[str, tuple[int, list[str]]]:
+        """{figure stage: (bits, the STEs of the first seed's ResNet-20 Table-1 minima it starts from)}."""
+        return {"fig2": (4, self.p.get("fig2_from", ["relu", "clipped_relu"])), "fig4": (2, ["clipped_relu"])}
+
+    def start(self, bits: int, ste: str) -> Job:
+        """A figure's starting minimum as a Table-1 job."""
+        return {"experiment": "resnet20_cifar10", "seed": self.p["seeds"][0], "quant.bits": bits, "ste": ste}
+
+    def settle(self) -> bool:
+        """Each figure start (of this profile's figure stages) that is still moving by the report's plateau rule
+        (its last epoch changed val top-1 by more than the 95 % CI) trained on, with the ``settle`` overrides (the
+        Table-1 run's final lr), into <out>/settle/, tagged ``settled``; the figure then starts from that run."""
+        jobs = []
+        for stage, (bits, sources) in self.figure_starts().items():
+            for ste in sources if stage in self.p["stages"] else []:
+                run = find(self.out / "table1", self.start(bits, ste))
+                if run is not None and still_moving(run):
+                    jobs.append(
+                        self.start(bits, ste) | {"tag": SETTLED, "init.checkpoint": run["checkpoint"]}
+                    )
+        return self.run(SETTLE, jobs, sweep=("ste",))
+
+    def from_table1(self, stage: str, experiment: str, ste: str) -> bool:
+        """Continue from the figure's ResNet-20 minima: the settled run where the settle stage made one, else the
+        Table-1 run."""
+        bits, sources = self.figure_starts()[stage]
+        jobs = []
         for source in sources:
-            start = {"experiment": "resnet20_cifar10", "seed": seed, "quant.bits": bits, "ste": source}
+            start = self.start(bits, source)
+            settled = start | {"tag": SETTLED}
+            where, start = (SETTLE, settled) if find(self.out / SETTLE, settled) else ("table1", start)
             jobs.append(
                 {
                     "experiment": experiment,
-                    "seed": seed,
+                    "seed": self.p["seeds"][0],
                     "quant.bits": bits,
                     "ste": ste,
                     "tag": f"from_{source}",
-                    "init.checkpoint": checkpoint_of(self.out / "table1", start),
+                    "init.checkpoint": checkpoint_of(self.out / where, start),
                 }
             )
         return self.run(stage, jobs, sweep=("tag",))
 
     def gradients(self) -> bool:
-        """The full-batch coarse gradient of the paper's STEs at every done Table-1 quantized run (src.gradients,
+        """The full-batch coarse gradient of the paper's STEs at every done Table-1 quantized run and settled minimum (src.gradients,
         the profile's ``gradients`` options), written into the run's dir where the report finds it. Only the
         command line's data.* overrides (where the data is, checksums) reach it: the run's config is the rest."""
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in self.p.get("gradients", {}).items()]
         data = [o for o in self.extra if o.startswith("data.")]
         ran = False
-        for summary in sorted((self.out / "table1").glob("*/summary.json")):
+        for summary in sorted(
+            p for where in ("table1", SETTLE) for p in (self.out / where).glob("*/summary.json")
+        ):
             run = read_run(summary.parent)
             if run.status != "finished" or (run.path / "gradients.json").exists():
                 continue
@@ -85,11 +115,10 @@ class Pipeline:
         return ran
 
     def fig2(self) -> bool:
-        sources = self.p.get("fig2_from", ["relu", "clipped_relu"])  # the 4-bit minima Figure 2 starts from
-        return self.from_table1("fig2", "fig2_identity_repelled", "identity", 4, sources)
+        return self.from_table1("fig2", "fig2_identity_repelled", "identity")
 
     def fig4(self) -> bool:
-        return self.from_table1("fig4", "fig4_relu_2bit", "relu", 2, ["clipped_relu"])
+        return self.from_table1("fig4", "fig4_relu_2bit", "relu")
 
     def wxa(self) -> bool:
         """Weights × activations: each ``weights`` setting × ``bits`` × ``stes``, from each seed's FP
