@@ -106,7 +106,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 def running_stand_in(out: Path) -> tuple[Path, list[int]]:
     """The stand-in's run dir and pids, once both of its processes are writing."""
     run = out / "pretrain" / "job"
-    wait_for(lambda: len(list(run.glob("*.pid"))) == 2, 60, "the multirun to start")
+    # generous: a pipeline starting beside a training run took over 60 s here (2026-12-05); a pass waits no longer
+    wait_for(lambda: len(list(run.glob("*.pid"))) == 2, 300, "the multirun to start")
     return run, [int(p.stem) for p in run.glob("*.pid")]
 
 
