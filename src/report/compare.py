@@ -75,9 +75,8 @@ def blocks(runs: list[Run]) -> dict[tuple, list[Group]]:
     """{(model, data, experiment): its groups}: the runs that ran (finished or diverged, not debug runs), grouped by
     the keys that differ between them."""
     out = {}
-    ran = [
-        r for r in runs if r.done and not r["debug"] and r.kind not in ("tune", "settle")
-    ]  # trials; a figure's start
+    # tuning trials have their own section; a settled run is a figure's start, not a setting to compare
+    ran = [r for r in runs if r.done and not r["debug"] and r.kind not in ("tune", "settle")]
     for where in dict.fromkeys(block_of(r) for r in ran):
         mine = [r for r in ran if block_of(r) == where]
         settings = [setting(r) for r in mine]
