@@ -152,3 +152,25 @@ def test_a_figure_start_still_moving_is_settled_first(tmp_path, monkeypatch):
     (fig4,) = [composed(j, tmp_path).init.checkpoint for j in jobs["fig4"]]
     assert "/settle/" in fig2["from_relu"] and "/table1/" in fig2["from_clipped_relu"] and "/settle/" in fig4
     assert sum("/settle/" in args[0] for _, args in tools) == 2  # src.gradients at both settled minima
+
+
+def test_fig4_cpu_is_instability_cpus_figure_4_chain_alone(tmp_path, monkeypatch):
+    """fig4_cpu launches instability_cpu's jobs behind Figure 4 and nothing else: the float model, the 2-bit
+    clipped_relu Table-1 run (with both torch threads: it runs alone), its settle run when it is still moving,
+    Figure 4; src.gradients at that Table-1 run and at the settled minimum."""
+    from src.reproduce import stages
+
+    tools: list[list[str]] = []
+    monkeypatch.setattr(stages, "run_tool", lambda where, module, args: tools.append(args))
+    curves = {("clipped_relu", 2): [52.70, 58.05, 59.57]}  # still moving (see the test above)
+    ours = planned_jobs("fig4_cpu", tmp_path / "fig4_cpu", monkeypatch, curves)
+    assert {k: len(v) for k, v in ours.items()} == {"pretrain": 1, "table1": 1, "settle": 1, "fig4": 1}
+    assert sorted(Path(args[0]).parent.name for args in tools) == ["settle", "table1"]
+    full = planned_jobs("instability_cpu", tmp_path / "full", monkeypatch, curves)
+
+    def same(job: list[str]) -> list[str]:  # a job's overrides but where it starts and its thread count
+        return [a for a in job if not a.startswith(("init.checkpoint=", "share.threads="))]
+
+    for stage, (job,) in ours.items():
+        assert same(job) in [same(j) for j in full[stage]], stage
+    assert "share.threads=2" in ours["table1"][0]
