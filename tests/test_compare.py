@@ -131,7 +131,7 @@ def test_an_older_runs_csv_groups_with_new_runs_of_the_same_setting(sweeps, tmp_
     assert {r["group"] for r in rows} == {"ste=identity", "ste=relu", "ste=clipped_relu"}
     assert all(r["n"] == "2" and r["seeds"] == "0, 1" for r in rows)
     assert (
-        f"3 runs read from the archived `{old}` (their run dirs are gone: final numbers only, no curves): runs made by code `0123abc`,"
+        f"3 runs read from the archived `{old}` (their run dirs are gone: final numbers, no curves, no per-layer diagnostics): runs made by code `0123abc`,"
         in text
     )
 

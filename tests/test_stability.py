@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 
 from src.report import build_report
@@ -73,21 +74,38 @@ def test_plateau_rule_and_gradient_table_at_the_figure_2_minima(tmp_path):
     assert own["run"] == "clipped_relu" and own["reading"] == row["reading"]
 
 
-def test_a_report_regenerated_from_runs_csv_keeps_the_gradient_table(tmp_path):
-    """The first report copies gradients.json to <out>/gradients/<figure run>.json; a report of that runs.csv
-    (run dirs gone) reads the copy back and says the curves are not kept."""
+def test_a_report_regenerated_from_runs_csv_keeps_curves_verdicts_and_the_gradient_table(tmp_path):
+    """The first report writes curves.csv beside runs.csv and copies gradients.json to <out>/gradients/<figure
+    run>.json; a report of that runs.csv, the run dirs gone, reads them back: the same Figure 2 table (start,
+    final, verdict), start lines (the plateau rule on the archived minima's curves), figure and gradient table. A
+    runs.csv from before curves.csv (no init_checkpoint column either) says so and draws no figure."""
     root = figure2_root(tmp_path / "runs")
     first = build_report(root, tmp_path / "out").parent
+    before = (first / "report.md").read_text()
     assert (first / "gradients" / "f2-clipped_relu.json").is_file()
-    assert "Shaded: each point's 95 % binomial interval" in (first / "report.md").read_text()
     for path in sorted(root.rglob("*"), reverse=True):  # the run dirs are gone
         path.unlink() if path.is_file() else path.rmdir()
     text = build_report(first / "runs.csv", tmp_path / "again").read_text()
-    (row,) = md_table(text, GRAD_HEADING)
-    assert row["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
+    assert md_table(text, "## Figure 2") == md_table(before, "## Figure 2")
+    assert starts(text) == starts(before) and "plateaued (last change +1.00" in starts(text)["from_relu"]
+    assert md_table(text, GRAD_HEADING) == md_table(before, GRAD_HEADING)
     assert md_table(text, "## Coarse gradients at the minima")[0]["run"] == "clipped_relu"
-    assert starts(text)["from_relu"] == "the starting run's curve is not kept (archived runs)"
+    assert (
+        "Shaded: each point's 95 % binomial interval" in text
+        and (tmp_path / "again" / "figure2.png").is_file()
+    )
+    assert "4 runs read from the archived" in text and "curves of 4 from the curves.csv beside it" in text
+
+    (first / "curves.csv").unlink()
+    old = first / "old" / "runs.csv"  # gradients/ stays beside the report it came from, as in 2026-12-04's
+    old.parent.mkdir()
+    pd.read_csv(first / "runs.csv").drop(columns=["init_checkpoint"]).to_csv(old, index=False)
+    (old.parent / "gradients").symlink_to(first / "gradients")
+    text = build_report(old, tmp_path / "older").read_text()
+    assert starts(text)["from_relu"] == "the starting run is not kept (archived runs)"
+    assert md_table(text, GRAD_HEADING)[0]["‖ḡ‖ identity"] == "0.05 (SE 0.002)"
     assert "*No curves:" in text and "Shaded" not in text  # no figure, so no band to describe
+    assert "4 runs read from the archived" in text and "no curves" in text
 
 
 def test_the_readme_block_states_each_claim_with_its_verdict_and_the_reading(tmp_path):

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "dirs", type=Path, nargs="+", metavar="DIR",
         help="folders holding run dirs, searched recursively (single runs, sweeps, pipeline outputs, mixed), or "
-        "an earlier report's runs.csv (runs whose dirs are gone: final numbers, no curves)",
+        "an earlier report's runs.csv (runs whose dirs are gone: final numbers, and curves from the curves.csv beside it)",
     )  # fmt: skip
     parser.add_argument(
         "--out", type=Path, help="folder for report.md, runs.csv and figures (default DIR/report)"

@@ -1,9 +1,11 @@
 """Runs whose directories are gone, read back from the runs.csv an earlier report wrote (``src.report runs.csv``).
 
 A published result outlives its run dirs (outputs/ is not kept): its runs.csv still holds every run's identity,
-protocol and final metrics, so a report can be regenerated from it with today's code. Curves and diagnostics are
-not in it; the report says which code produced the runs (``git_commit``: the column, else the single commit the
-report.md beside the file names) and that the runs are archived.
+protocol, final metrics and the checkpoint it started from, and the curves.csv beside it each run's curve
+(src/report/runs.py reads it), so a report can be regenerated from them with today's code, or extended with new
+runs. Per-layer diagnostics are not kept (files from before 2026-12-05 keep no curves either); the report says which
+code produced the runs (``git_commit``: the column, else the single commit the report.md beside the file names) and
+that the runs are archived.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
         "scheduler": {k: v for k, v in scheduler.items() if v is not None},
         "trainer": {"max_epochs": row["max_epochs"]},
         "data": {k: row[k] for k in ("batch_size", "train_subset", "val_subset")},
-        "init": {"checkpoint": "archived" if row["init"] == "checkpoint" else None},
+        "init": {
+            "checkpoint": row["init"] == "checkpoint" and (row.get("init_checkpoint") or "archived") or None
+        },
     }
     summary = {k: row.get(k) for k in ("run_name", "experiment", "data", "model", "bits", "ste", "tag", "seed",
                                          "wquant", "wbits",
@@ -82,7 +86,7 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
 
 
 def archived_runs(csv: Path) -> list[Run]:
-    """Every row of an earlier report's runs.csv as a Run (no curves: its run dir is gone)."""
+    """Every row of an earlier report's runs.csv as a Run (its curve, where kept, is read from curves.csv)."""
     table = pd.read_csv(csv)
     rows = [{k: _value(v) for k, v in r.items()} for r in table.to_dict("records")]
     fallback = report_commit(csv) if not all(r.get("git_commit") for r in rows) else None

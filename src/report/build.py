@@ -14,7 +14,7 @@ from src.report.compare import compare_section
 from src.report.diagnostics import diagnostics_section
 from src.report.frame import run_table, write_runs_csv
 from src.report.provenance import provenance_section
-from src.report.runs import Run, curve_problems
+from src.report.runs import CURVES, Run, curve_problems, kept_curves
 from src.report.sections import figure_section, table1_figures, two_layer_section, verdict_lines
 from src.report.stability import minima_section
 from src.report.table1 import (
@@ -171,8 +171,8 @@ class NoRuns(ValueError):
 
 
 def build_report(roots, out: Path | None = None, profile: str | None = None) -> Path:
-    """Read every run under the roots (a folder or a list of them) and write report.md, runs.csv and the figures
-    into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report, one line each."""
+    """Read every run under the roots (a folder or a list of them) and write report.md, runs.csv, curves.csv and
+    the figures into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report, one line each."""
     roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
     out = Path(out) if out else (roots[0] if roots[0].is_dir() else roots[0].parent) / "report"
     runs, problems = scan_all(roots, exclude=out)
@@ -181,6 +181,7 @@ def build_report(roots, out: Path | None = None, profile: str | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     table = run_table(runs)
     write_runs_csv(table, out / "runs.csv")
+    kept_curves(runs).to_csv(out / CURVES, index=False)  # read back with runs.csv when the run dirs are gone
     pipeline = find_pipeline(roots, out)
     profile = profile or pipeline.get("profile") or "not stated (no --profile, no pipeline.json)"
     in_table = protocol_split(table)[0]

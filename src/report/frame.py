@@ -51,6 +51,7 @@ COLUMNS = [
     "reason",
     "started",
     "git_commit",
+    "init_checkpoint",  # names the run it started from (Figures 2 and 4), once its dir is gone
     "path",
 ]
 
@@ -92,7 +93,7 @@ def knobs(run: Run) -> dict:
     row["max_epochs"] = row["max_epochs"] or (cfg.get("trainer") or {}).get("max_epochs")
     commit = run.provenance.get("git_commit")
     return row | {"kind": run.kind, "status": run.status, "reason": run["reason"], "started": run.started,
-                  "git_commit": commit}  # fmt: skip
+                  "git_commit": commit, "init_checkpoint": run["init_checkpoint"]}  # fmt: skip
 
 
 def run_table(runs: list[Run]) -> pd.DataFrame:

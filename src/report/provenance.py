@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 
 from src.paper import TABLE2
 from src.provenance import git_commit
-from src.report.runs import Run
+from src.report.runs import Run, read_curves
 from src.report.table1 import NAMES, md_table
 
 KINDS = {
@@ -179,13 +179,16 @@ def resumed(runs: list[Run]) -> list[str]:
 def archived(runs: list[Run]) -> list[str]:
     """Bullets: runs read from an earlier report's runs.csv (their dirs gone), with the code that made them and
     the code that made this report."""
-    files, made = Counter(r.archived_from for r in runs if r.archived_from), defaultdict(set)
+    files = Counter(r.archived_from for r in runs if r.archived_from)
+    made, curves = defaultdict(set), Counter()
     for run in runs:
         if run.archived_from:
             made[run.archived_from].add(str(run.provenance.get("git_commit")))
+            curves[run.archived_from] += len(read_curves(run)) > 0
+    kept = lambda f: f"curves of {curves[f]} from the curves.csv beside it" if curves[f] else "no curves"  # noqa: E731
     return [
-        f"- ⚠ {k} runs read from the archived `{f}` (their run dirs are gone: final numbers only, no curves): runs "
-        f"made by code `{', '.join(sorted(made[f]))}`, this report by code `{git_commit()}`"
+        f"- ⚠ {k} runs read from the archived `{f}` (their run dirs are gone: final numbers, {kept(f)}, no per-layer "
+        f"diagnostics): runs made by code `{', '.join(sorted(made[f]))}`, this report by code `{git_commit()}`"
         for f, k in files.items()
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,11 @@ FIG2, FIG4 = "fig2_identity_repelled", "fig4_relu_2bit"
 # trained on until they plateau before Figures 2 and 4 start from them (<root>/settle/<run>).
 TUNE, TUNED, WXA, SETTLE, SETTLED = "tune", "tuned", "wxa", "settle", "settled"  # stage dirs; tags
 FLOAT_WEIGHTS = (None, "fp")  # wquant.name of the paper's runs (float weights): absent or fp
+# Archived runs' curves (src.report writes curves.csv beside runs.csv): what the figures, the comparison's curves
+# and the verdicts of Figures 2 and 4 read; per-layer diagnostics stay with the run dir.
+CURVES = "curves.csv"
+CURVE_COLUMNS = ("step", "val/acc", "val/loss", "train/loss", "lr")
+KEY = ["run_name", "started"]  # a run in curves.csv, as in runs.csv
 
 
 @dataclass(frozen=True)
@@ -76,17 +82,53 @@ def scan(roots, exclude: Path | None = None) -> tuple[list[Run], list[str]]:
 
 
 def read_curves(run: Run) -> pd.DataFrame:
-    """metrics.csv indexed by epoch (0 = the starting point, e = after epoch e); empty when there is none or it
-    cannot be read (``curve_problems`` names it)."""
+    """metrics.csv indexed by epoch (0 = the starting point, e = after epoch e), or for an archived run its rows of
+    the curves.csv beside its runs.csv; empty when there is none or it cannot be read (``curve_problems`` names
+    it)."""
     try:
+        if run.archived_from:
+            kept = Path(run.archived_from).with_name(CURVES)
+            return _kept_curves(kept, _stamp(kept)).get((run["run_name"], run.started), _no_curve()).copy()
         return _curves(run.path / "metrics.csv")
     except ValueError:
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
+        return _no_curve()
+
+
+def _no_curve() -> pd.DataFrame:
+    return pd.DataFrame(index=pd.Index([], name="epoch"))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells one version of a file from the next (a report rewrites curves.csv after reading it)."""
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+
+
+@lru_cache(maxsize=8)
+def _kept_curves(path: Path, stamp) -> dict[tuple[str, str], pd.DataFrame]:
+    """curves.csv as {(run name, start time): its curve}; empty when there is no file."""
+    if stamp is None:
+        return {}
+    table = _curves(path)
+    return {key: c.drop(columns=KEY) for key, c in table.groupby(KEY)}
+
+
+def kept_curves(runs: list[Run]) -> pd.DataFrame:
+    """curves.csv: each run's CURVE_COLUMNS per epoch, keyed by run name and start time, so that a report made
+    from the runs.csv written beside it, once the run dirs are gone, still draws the curves and judges the
+    figures."""
+    frames = []
+    for run in runs:
+        curve = read_curves(run)
+        columns = [c for c in CURVE_COLUMNS if c in curve]
+        if len(curve) and columns:
+            frames.append(curve[columns].assign(run_name=run["run_name"], started=run.started).reset_index())
+    table = pd.concat([pd.DataFrame(columns=[*KEY, "epoch"]), *frames], ignore_index=True)
+    return table[[*KEY, "epoch", *(c for c in CURVE_COLUMNS if c in table)]]
 
 
 def _curves(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        return pd.DataFrame(index=pd.Index([], name="epoch"))
+        return _no_curve()
     try:
         curve = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

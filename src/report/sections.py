@@ -76,14 +76,19 @@ def labelled_curves(runs: list[Run], label) -> list[tuple[str, Run, pd.DataFrame
 def parent_run(run: Run, runs: list[Run]) -> Run | None:
     """The run whose checkpoint this run started from (init_checkpoint), if it is among the runs."""
     init = run["init_checkpoint"]
-    if not init:
+    if not init or init == "archived":  # runs.csv files before the init_checkpoint column
         return None
-    target = Path(init).resolve()
-    for other in runs:
-        own = (other.path / "checkpoints" / "last.ckpt").resolve()
-        if target in (own, Path(other["checkpoint"] or own).resolve()):
-            return other
-    return None
+    return next((other for other in runs if saved_by(Path(init), other)), None)
+
+
+def saved_by(checkpoint: Path, run: Run) -> bool:
+    """Whether ``checkpoint`` is one of ``run``'s: the same file, or, once it is gone (an archived run's, or a
+    report made on another machine), the same <stage>/<run dir>/checkpoints/<file>."""
+    own = run.path / "checkpoints" / "last.ckpt"
+    theirs = {own, Path(run["checkpoint"] or own)}
+    if checkpoint.exists():
+        return checkpoint.resolve() in {p.resolve() for p in theirs}
+    return checkpoint.parts[-4:] in {p.parts[-4:] for p in theirs}
 
 
 def pair(loss: float | None, acc: float | None) -> str:
@@ -139,9 +144,9 @@ def what_ran(runs: list[Run]) -> tuple[str, int | None]:
 
 def start_line(label: str, run: Run, runs: list[Run]) -> str:
     """'- from_relu: from `<run>`, val top-1 … over its last 3 epochs: plateaued (…)'."""
-    if run.archived_from:
-        return f"- {label}: the starting run's curve is not kept (archived runs)\n"
     parent = parent_run(run, runs)
+    if parent is None and run.archived_from:
+        return f"- {label}: the starting run is not kept (archived runs)\n"
     origin = parent_run(parent, runs) if parent is not None and parent.kind == "settle" else None
     settled = (
         f" (`{origin.path.name}` was still moving, so it was trained on for {parent['epochs']} epochs at lr "
