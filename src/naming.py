@@ -1,5 +1,6 @@
 """What a run is called and where it lands: run names, the names a user types into them (tag), and the
-OmegaConf resolvers conf/ uses for them (${run_name:...}, ${sweep_group:}, ${resume_dir:...}, ${uid:})."""
+OmegaConf resolvers conf/ uses for them (${run_name:...}, ${sweep_group:}, ${resume_dir:...}, ${hydra_subdir:...},
+${uid:})."""
 
 from __future__ import annotations
 
@@ -66,13 +67,20 @@ def resume_dir(resume, default: str) -> str:
     return str(path.parent.parent if path.suffix == ".ckpt" and path.parent.name == "checkpoints" else path)
 
 
+def hydra_subdir(resume) -> str | None:
+    """hydra.output_subdir: .hydra/ for a new run; none for resume= (the run's .hydra/ stays its first start's,
+    provenance.json lists every start's command), so that a resume, even one refused, never rewrites it."""
+    return None if resume else ".hydra"
+
+
 def register_resolvers() -> None:
-    """Resolvers for conf/: ${run_name:...}, ${sweep_group:} and ${uid:} (6 hex chars, cached so that a run,
-    and every job of a sweep, sees one value)."""
+    """Resolvers for conf/: ${run_name:...}, ${sweep_group:}, ${resume_dir:...}, ${hydra_subdir:...} and ${uid:}
+    (6 hex chars, cached so that a run, and every job of a sweep, sees one value)."""
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
         OmegaConf.register_new_resolver("sweep_group", sweep_group)
         OmegaConf.register_new_resolver("resume_dir", resume_dir)
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
 

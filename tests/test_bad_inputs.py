@@ -7,6 +7,7 @@ line that main() prints for it.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -676,3 +677,28 @@ def doc() -> str:
 
 if __name__ == "__main__":
     print(doc())
+
+
+@pytest.mark.slow
+def test_cli_resume_refused_or_not_never_rewrites_the_runs_hydra_dir(tmp_path):
+    """python -m src.train resume=<run>: Hydra writes no .hydra/ for a resume, so one refused (another STE) leaves
+    the run dir byte for byte, and one that continues it keeps the first start's overrides there (provenance.json
+    has both starts' commands)."""
+    run = tmp_path / "run"
+    args = ["model=tiny", *data_overrides("tiny", tmp_path / "data"), *FAST, "trainer.max_epochs=1"]
+    env = os.environ | {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    train_cli = lambda *more: subprocess.run([sys.executable, "-m", "src.train", *args, *more], cwd=tmp_path,  # noqa: E731
+                                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert train_cli(f"hydra.run.dir={run}").returncode == 0
+    first = (run / ".hydra" / "overrides.yaml").read_text()
+    before = snapshot(run)
+    refused = train_cli("ste=relu", "trainer.max_epochs=2", f"resume={run}")
+    assert refused.returncode == 1 and "was trained with ste.name='clipped_relu'" in refused.stderr
+    assert snapshot(run) == before
+    assert train_cli("trainer.max_epochs=2", f"resume={run}").returncode == 0
+    assert (run / ".hydra" / "overrides.yaml").read_text() == first
+    starts = json.loads((run / "provenance.json").read_text())["starts"]
+    assert [("trainer.max_epochs=2" in s["command"], "resume=" in s["command"]) for s in starts] == [
+        (False, False),
+        (True, True),
+    ]
