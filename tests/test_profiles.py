@@ -157,7 +157,8 @@ def test_a_figure_start_still_moving_is_settled_first(tmp_path, monkeypatch):
 def test_fig4_cpu_is_instability_cpus_figure_4_chain_alone(tmp_path, monkeypatch):
     """fig4_cpu launches instability_cpu's jobs behind Figure 4 and nothing else: the float model, the 2-bit
     clipped_relu Table-1 run (with both torch threads: it runs alone), its settle run when it is still moving,
-    Figure 4; src.gradients at that Table-1 run and at the settled minimum."""
+    Figure 4 (9,420 steps at lr 1e-5, five times instability_cpu's); src.gradients at that Table-1 run and at the
+    settled minimum."""
     from src.reproduce import stages
 
     tools: list[list[str]] = []
@@ -168,9 +169,14 @@ def test_fig4_cpu_is_instability_cpus_figure_4_chain_alone(tmp_path, monkeypatch
     assert sorted(Path(args[0]).parent.name for args in tools) == ["settle", "table1"]
     full = planned_jobs("instability_cpu", tmp_path / "full", monkeypatch, curves)
 
-    def same(job: list[str]) -> list[str]:  # a job's overrides but where it starts and its thread count
-        return [a for a in job if not a.startswith(("init.checkpoint=", "share.threads="))]
+    def same(job: list[str]) -> list[str]:  # a job's overrides but where it starts, its threads and epochs
+        return [
+            a for a in job if not a.startswith(("init.checkpoint=", "share.threads=", "trainer.max_epochs="))
+        ]
 
     for stage, (job,) in ours.items():
         assert same(job) in [same(j) for j in full[stage]], stage
-    assert "share.threads=2" in ours["table1"][0]
+    configs = {stage: composed(job, tmp_path) for stage, (job,) in ours.items()}
+    assert configs["table1"].share.threads == 2 and configs["table1"].trainer.max_epochs == 3
+    fig4 = configs["fig4"]
+    assert fig4.trainer.max_epochs * -(-20000 // fig4.data.batch_size) == 9420 and fig4.optimizer.lr == 1e-5

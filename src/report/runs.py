@@ -86,8 +86,9 @@ def read_curves(run: Run) -> pd.DataFrame:
     the curves.csv beside its runs.csv; empty when there is none or it cannot be read (``curve_problems`` names
     it)."""
     try:
-        if run.archived_from:
-            kept = Path(run.archived_from).with_name(CURVES)
+        archived = run.provenance.get("archived_from")  # also src.runs' Run (the pipeline's plateau rule)
+        if archived:
+            kept = Path(archived).with_name(CURVES)
             return _kept_curves(kept, _stamp(kept)).get((run["run_name"], run.started), _no_curve()).copy()
         return _curves(run.path / "metrics.csv")
     except ValueError:
