@@ -96,8 +96,13 @@ class STEModule(pl.LightningModule):
             "lr": self._lr,
             "time/epoch_s": time.perf_counter() - self._epoch_start,
         }
-        self.log_dict(metrics | self.learned_alphas())
+        self.log_epoch(metrics | self.learned_alphas(), self.current_epoch + 1)
         self.check_divergence()
+
+    def log_epoch(self, metrics: dict, epoch: int) -> None:
+        """log_dict with ``epoch`` = epochs trained, metrics.csv's axis (0 = the start): without it Lightning gives
+        every logger (W&B) the 0-based index of the epoch in progress, one behind metrics.csv."""
+        self.log_dict(metrics | {"epoch": float(epoch)})
 
     def check_divergence(self) -> None:
         """Stop as diverged at the first train or val loss that is not finite or exceeds max_loss."""
@@ -140,7 +145,9 @@ class STEModule(pl.LightningModule):
                     "val/acc_best_epoch": self.current_epoch + 1,
                 }
             metrics |= self.best
-        self.log_dict(metrics)
+        self.log_epoch(
+            metrics, self.current_epoch + (self.trainer.state.fn == "fit")
+        )  # validate(): the start
 
     def on_test_epoch_end(self):
         self.log_dict(self._eval_metrics("test"))

@@ -157,6 +157,29 @@ def test_run_dir_holds_config_provenance_and_metrics(tmp_path):
     assert cfg.run_name == "tiny-cifar10-clipped_relu-2bit-s3"
 
 
+def test_loggers_get_metrics_csv_epoch_axis(tmp_path, monkeypatch):
+    """What W&B (any Lightning logger) receives: each metric with ``epoch`` = epochs trained, as metrics.csv has it
+    (0 = the start, validated before fit), not Lightning's 0-based index of the epoch in progress."""
+    from pytorch_lightning.loggers.logger import Logger
+
+    class Capture(Logger):
+        name, version, calls = "capture", 0, []
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append(dict(metrics))
+
+    monkeypatch.setattr("src.train.build_loggers", lambda cfg, run_dir: [Capture()])
+    cfg = fast_cfg(tmp_path, "tiny", "trainer.max_epochs=2")
+    train(cfg)
+    logged = {key: [c["epoch"] for c in Capture.calls if key in c] for key in ("val/acc", "train/loss")}
+    rows = read_csv(Path(cfg.paths.output_dir) / "metrics.csv")
+    assert logged["val/acc"] == [float(r["epoch"]) for r in rows] == [0.0, 1.0, 2.0]
+    assert logged["train/loss"] == [float(r["epoch"]) for r in rows if r["train/loss"]] == [1.0, 2.0]
+
+
 def test_progress_bar_redraws_every_refresh_rate_steps_with_the_loss(tmp_path):
     """With the bar on, conf's bar (src.progress.EpochBar, refresh_rate from the config) is the trainer's bar and shows the
     train loss, logged only on the steps it redraws; with the bar off, no bar callback reaches the trainer."""
