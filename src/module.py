@@ -145,9 +145,9 @@ class STEModule(pl.LightningModule):
                     "val/acc_best_epoch": self.current_epoch + 1,
                 }
             metrics |= self.best
-        self.log_epoch(
-            metrics, self.current_epoch + (self.trainer.state.fn == "fit")
-        )  # validate(): the start
+        # epochs trained: validate() before fit scores the start, epoch 0
+        epoch = self.current_epoch + (self.trainer.state.fn == "fit")
+        self.log_epoch(metrics, epoch)
 
     def on_test_epoch_end(self):
         self.log_dict(self._eval_metrics("test"))

@@ -172,7 +172,8 @@ class NoRuns(ValueError):
 
 def build_report(roots, out: Path | None = None, profile: str | None = None) -> Path:
     """Read every run under the roots (a folder or a list of them) and write report.md, runs.csv, curves.csv and
-    the figures into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report, one line each."""
+    the figures into ``out`` (default <first root>/report). Run dirs that cannot be read are named in the report,
+    one line each."""
     roots = [Path(r) for r in ([roots] if isinstance(roots, str | Path) else roots)]
     out = Path(out) if out else (roots[0] if roots[0].is_dir() else roots[0].parent) / "report"
     runs, problems = scan_all(roots, exclude=out)
