@@ -43,6 +43,8 @@ def report_commit(csv: Path) -> str:
 
 def run_from_row(row: dict, csv: Path, commit: str) -> Run:
     """One archived run: its summary fields from the row, a config rebuilt from the protocol columns."""
+    # where it started (runs.csv files before the init_checkpoint column: only that it did)
+    init = (row.get("init_checkpoint") or "archived") if row["init"] == "checkpoint" else None
     optimizer = {"_target_": f"torch.optim.{row['optimizer']}"} | {
         k: row[k] for k in ("lr", "momentum", "weight_decay")
     }
@@ -66,9 +68,7 @@ def run_from_row(row: dict, csv: Path, commit: str) -> Run:
         "scheduler": {k: v for k, v in scheduler.items() if v is not None},
         "trainer": {"max_epochs": row["max_epochs"]},
         "data": {k: row[k] for k in ("batch_size", "train_subset", "val_subset")},
-        "init": {
-            "checkpoint": row["init"] == "checkpoint" and (row.get("init_checkpoint") or "archived") or None
-        },
+        "init": {"checkpoint": init},
     }
     summary = {k: row.get(k) for k in ("run_name", "experiment", "data", "model", "bits", "ste", "tag", "seed",
                                          "wquant", "wbits",

@@ -89,7 +89,8 @@ def read_curves(run: Run) -> pd.DataFrame:
         archived = run.provenance.get("archived_from")  # also src.runs' Run (the pipeline's plateau rule)
         if archived:
             kept = Path(archived).with_name(CURVES)
-            return _kept_curves(kept, _stamp(kept)).get((run["run_name"], run.started), _no_curve()).copy()
+            curve = _kept_curves(kept, _stamp(kept)).get((run["run_name"], run.started), _no_curve())
+            return curve.copy()  # the cached frame stays as read (figure sections write epoch 0's loss)
         return _curves(run.path / "metrics.csv")
     except ValueError:
         return _no_curve()
@@ -101,7 +102,10 @@ def _no_curve() -> pd.DataFrame:
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     """What tells one version of a file from the next (a report rewrites curves.csv after reading it)."""
-    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 @lru_cache(maxsize=8)

@@ -78,17 +78,15 @@ def parent_run(run: Run, runs: list[Run]) -> Run | None:
     init = run["init_checkpoint"]
     if not init or init == "archived":  # runs.csv files before the init_checkpoint column
         return None
-    return next((other for other in runs if saved_by(Path(init), other)), None)
-
-
-def saved_by(checkpoint: Path, run: Run) -> bool:
-    """Whether ``checkpoint`` is one of ``run``'s: the same file, or, once it is gone (an archived run's, or a
-    report made on another machine), the same <stage>/<run dir>/checkpoints/<file>."""
-    own = run.path / "checkpoints" / "last.ckpt"
-    theirs = {own, Path(run["checkpoint"] or own)}
-    if checkpoint.exists():
-        return checkpoint.resolve() in {p.resolve() for p in theirs}
-    return checkpoint.parts[-4:] in {p.parts[-4:] for p in theirs}
+    target = Path(init)
+    # the same file; once it is gone (an archived run's, a report made elsewhere) <stage>/<run>/checkpoints/<file>
+    key = (lambda p: p.resolve()) if target.exists() else (lambda p: p.parts[-4:])  # noqa: E731
+    wanted = key(target)
+    for other in runs:
+        own = other.path / "checkpoints" / "last.ckpt"
+        if wanted in {key(own), key(Path(other["checkpoint"] or own))}:
+            return other
+    return None
 
 
 def pair(loss: float | None, acc: float | None) -> str:
